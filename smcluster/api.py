@@ -1,0 +1,187 @@
+"""The Python API: ``SMCluster``, an estimator in scikit-learn's habits.
+
+    >>> from smcluster import SMCluster
+    >>> model = SMCluster(n_clusters=10, preset="demo").fit("digits")
+    >>> model.labels_[:5], model.metrics_["acc"]
+
+Settings are given as a preset, a ``Config`` and/or keyword overrides in scikit-learn's
+nested-parameter style (``features__epochs=50``); everything is validated before work starts.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smcluster.config import Config, preset
+from smcluster.data import ImageSet, load_dataset
+from smcluster.pipeline import FittedModel, RunFolder, load_fitted, run_pipeline
+
+
+def settings_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``{"features__epochs": 5}`` -> ``{"features": {"epochs": 5}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        parts = key.split("__")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def build_config(
+    n_clusters: int | None = None,
+    *,
+    preset_name: str | None = None,
+    config: Config | str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults < YAML/Config < preset < overrides < n_clusters, validated."""
+    base = (
+        config
+        if isinstance(config, Config)
+        else (Config.load(config) if config is not None else Config())
+    )
+    if preset_name is not None:
+        base = base.updated(preset(preset_name))
+    if overrides:
+        base = base.updated(overrides)
+    if n_clusters is not None:
+        base = base.updated({"n_clusters": n_clusters})
+    return base.validate()
+
+
+def as_imageset(X: Any, y: Any = None, config: Config | None = None) -> ImageSet:
+    """Accept an ImageSet, a source string (path or name) or a uint8 array of images."""
+    config = config or Config()
+    d = config.data
+    if isinstance(X, ImageSet):
+        return X
+    if isinstance(X, (str, Path)):
+        return load_dataset(
+            str(X), image_size=d.image_size, channels=d.channels, root=d.root, download=d.download
+        )
+    from smcluster.data import from_arrays
+
+    images = X.numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+    labels = None if y is None else np.asarray(y)
+    return from_arrays(images, labels, image_size=d.image_size, channels=d.channels)
+
+
+class SMCluster:
+    """Deep clustering of images into many groups (METHOD.md: stages 1-3).
+
+    Parameters
+    ----------
+    n_clusters: number of clusters C.
+    preset: a named preset (``smcluster.config.PRESETS``), e.g. ``"demo"`` or ``"cpu-mnist"``.
+    config: a ``Config`` or the path of a YAML file.
+    out: the run folder; a fresh temporary folder when omitted.
+    **settings: overrides, nested with ``__``: ``features__epochs=50``, ``mining__q=10``.
+
+    After ``fit``: ``labels_`` (N,), ``probabilities_`` (N x C), ``metrics_`` (dict; accuracy
+    metrics only when labels were known, and then used for nothing else), ``run_dir_``.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 10,
+        *,
+        preset: str | None = None,
+        config: Config | str | Path | None = None,
+        out: str | Path | None = None,
+        **settings: Any,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.preset = preset
+        self.config = config
+        self.out = out
+        self.settings = settings
+
+    def get_config(self) -> Config:
+        return build_config(
+            self.n_clusters,
+            preset_name=self.preset,
+            config=self.config,
+            overrides=settings_from_kwargs(self.settings),
+        )
+
+    def fit(self, X: Any, y: Any = None, *, resume: bool = False) -> SMCluster:
+        """Cluster ``X`` (ImageSet, source string, or uint8 array N x H x W [x C]).
+
+        ``y`` (optional true labels) is used only to report metrics, never in training.
+        """
+        config = self.get_config()
+        data = as_imageset(X, y, config)
+        out = (
+            Path(self.out)
+            if self.out is not None
+            else Path(tempfile.mkdtemp(prefix=f"smcluster-{datetime.now():%Y%m%d-%H%M%S}-"))
+        )
+        if self.out is None:
+            out = out / "run"
+        result = run_pipeline(config, out, resume=resume, data=data)
+        self.labels_ = result.labels
+        self.probabilities_ = result.probabilities
+        self.metrics_ = result.metrics
+        self.run_dir_ = result.folder.root
+        self._fitted: FittedModel | None = None
+        return self
+
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        return self.fit(X, y).labels_
+
+    def _model(self) -> FittedModel:
+        if not hasattr(self, "run_dir_"):
+            raise ValueError("this SMCluster is not fitted yet: call fit first")
+        if self._fitted is None:
+            self._fitted = load_fitted(self.run_dir_)
+        return self._fitted
+
+    def _new_data(self, X: Any) -> ImageSet:
+        model = self._model()
+        cfg = model.config.updated(
+            {"data": {"image_size": model.image_size, "channels": model.channels}}
+        )
+        return as_imageset(X, None, cfg)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Soft cluster assignments (N x C) of new images with the kept head."""
+        return self._model().predict_proba(self._new_data(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The cluster of each new image: argmax of the kept head (METHOD.md, Stage 3)."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Backbone features (N x E) of new images under the clustering model's backbone."""
+        from smcluster.engine import map_batches
+
+        model = self._model()
+        model.backbone.eval()
+        device = next(model.backbone.parameters()).device
+        data = self._new_data(X)
+        with torch.no_grad():
+            out = map_batches(
+                lambda b: model.backbone(b.float() / 255.0), data, batch_size=256, device=device
+            )
+        return out.numpy()
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> SMCluster:
+        """An SMCluster fitted by an earlier run (e.g. one made with the command line)."""
+        fitted = load_fitted(run_dir)
+        model = cls(fitted.config.n_clusters, config=fitted.config, out=run_dir)
+        model.run_dir_ = Path(run_dir)
+        model._fitted = fitted
+        folder = RunFolder(run_dir)
+        model.probabilities_ = folder.load_array("probabilities")
+        model.labels_ = model.probabilities_.argmax(axis=1)
+        model.metrics_ = folder.load_json("metrics")
+        return model

@@ -1,0 +1,274 @@
+"""The ``smcluster`` command: a thin layer over the API, the pipeline and the report.
+
+smcluster fit --data digits --clusters 10 --preset demo --out runs/demo
+smcluster fit --out runs/demo --resume
+smcluster evaluate runs/demo
+smcluster predict runs/demo new_images/ --output predictions.csv
+smcluster export runs/demo --to sorted/
+smcluster report runs/demo
+smcluster presets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smcluster.config import PRESETS, preset
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def fit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Map the fit flags onto nested config overrides (only the flags that were given)."""
+    flags = {
+        ("data", "source"): args.data,
+        ("data", "image_size"): args.image_size,
+        ("data", "channels"): args.channels,
+        ("data", "root"): args.root,
+        ("data", "download"): args.download,
+        ("features", "model"): args.feature_model,
+        ("features", "backbone"): args.backbone,
+        ("features", "epochs"): args.epochs,
+        ("features", "batch_size"): args.batch_size,
+        ("mining", "method"): args.mining,
+        ("mining", "q"): args.neighbours,
+        ("clustering", "epochs"): args.cluster_epochs,
+        ("clustering", "update_backbone"): args.update_backbone,
+        ("clustering", "self_label"): args.self_label,
+        ("run", "seed"): args.seed,
+        ("run", "threads"): args.threads,
+        ("run", "workers"): args.workers,
+        ("run", "accelerator"): args.accelerator,
+        ("run", "devices"): args.devices,
+        ("run", "num_nodes"): args.num_nodes,
+        ("run", "precision"): args.precision,
+        ("run", "report"): args.report,
+        ("run", "progress"): False if args.quiet else None,
+    }
+    out: dict[str, Any] = {}
+    for (section, key), value in flags.items():
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        path, value = item.split("=", 1)
+        node = out
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _parse_value(value)
+    return out
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from smcluster.api import build_config
+    from smcluster.pipeline import run_pipeline
+
+    config = build_config(
+        args.clusters, preset_name=args.preset, config=args.config, overrides=fit_overrides(args)
+    )
+    out = (
+        args.out or Path("runs") / f"{Path(config.data.source).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    )
+    result = run_pipeline(config, out, resume=args.resume, log=_log)
+    if result.folder.writer:
+        _print_metrics(result.metrics, result.folder.root)
+        if result.config.run.report:
+            _maybe_report(result.folder.root)
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _print_metrics(metrics: dict[str, Any], run: Path) -> None:
+    keys = [
+        "acc",
+        "nmi",
+        "ari",
+        "weighted_precision",
+        "weighted_recall",
+        "weighted_f",
+        "neighbour_purity",
+        "neighbour_purity_knn",
+        "knn_accuracy",
+    ]
+    shown = {k: metrics[k] for k in keys if k in metrics}
+    if shown:
+        print("  ".join(f"{k.upper() if len(k) <= 3 else k}={v:.4f}" for k, v in shown.items()))
+    t = metrics.get("timings", {})
+    if t:
+        print(
+            f"time: {t.get('total_seconds', 0):.1f} s (features {t.get('features_seconds', 0):.1f}"
+            f", neighbours {t.get('neighbours_seconds', 0):.1f}, clustering "
+            f"{t.get('clustering_seconds', 0):.1f})"
+        )
+    print(f"run folder: {run}")
+
+
+def _maybe_report(run: Path) -> None:
+    try:
+        from smcluster.report import write_report
+    except ImportError:
+        return
+    path = write_report(run)
+    print(f"report: {path}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from smcluster.pipeline import evaluate_run
+
+    metrics = evaluate_run(args.run)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from smcluster.pipeline import predict_paths
+
+    rows = predict_paths(args.run, [Path(p) for p in args.paths], output=args.output)
+    print(f"assigned {rows} images -> {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from smcluster.report.export import export_clusters
+
+    count = export_clusters(args.run, args.to, copy=args.copy)
+    print(f"exported {count} images into {args.to}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from smcluster.report import write_report
+
+    print(f"report: {write_report(args.run)}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    names = [args.name] if args.name else sorted(PRESETS)
+    for name in names:
+        print(f"# {name}")
+        print(yaml.safe_dump(preset(name), sort_keys=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smcluster",
+        description="Cluster unlabelled images into many groups (contrastive features, "
+        "three-view neighbour mining, SCAN clustering).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="run all three stages and write a run folder")
+    fit.add_argument("--config", help="YAML file of settings (see `smcluster presets`)")
+    fit.add_argument("--preset", choices=sorted(PRESETS), help="named settings")
+    fit.add_argument("--data", help="digits | FILE.npz | IMAGE_FOLDER | cifar10 | stl10 | ...")
+    fit.add_argument("--clusters", type=int, help="number of clusters C")
+    fit.add_argument("--out", type=Path, help="run folder (default runs/<data>-<time>)")
+    fit.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last saved epoch",
+    )
+    fit.add_argument("--feature-model", choices=["paper", "simclr"])
+    fit.add_argument("--mining", choices=["three-view", "knn"])
+    fit.add_argument("--self-label", action=argparse.BooleanOptionalAction, default=None)
+    fit.add_argument(
+        "--update-backbone",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fine-tune the backbone in stage 3 (default: heads on frozen features)",
+    )
+    fit.add_argument("--backbone", help="small_cnn | resnet18 | resnet34 | resnet50")
+    fit.add_argument("--image-size", type=int)
+    fit.add_argument("--channels", type=int, choices=[1, 3])
+    fit.add_argument("--epochs", type=int, help="stage-1 epochs")
+    fit.add_argument("--cluster-epochs", type=int, help="stage-3 epochs")
+    fit.add_argument("--batch-size", type=int, help="stage-1 batch size")
+    fit.add_argument("--neighbours", type=int, help="q, the neighbours per image")
+    fit.add_argument("--seed", type=int)
+    fit.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    fit.add_argument("--workers", type=int, help="data-loader processes for on-disk data")
+    fit.add_argument("--accelerator", help="auto | cpu | cuda")
+    fit.add_argument("--devices", type=int, help="processes (GPUs) per node")
+    fit.add_argument("--num-nodes", type=int)
+    fit.add_argument("--precision", choices=["32-true", "bf16-mixed", "16-mixed"])
+    fit.add_argument("--root", help="where named data sets are stored / downloaded")
+    fit.add_argument(
+        "--download",
+        action="store_true",
+        default=None,
+        help="download a named data set if it is missing",
+    )
+    fit.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the HTML report at the end (default on)",
+    )
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    fit.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="any other setting, e.g. --set clustering.entropy_weight=3",
+    )
+    fit.set_defaults(func=cmd_fit)
+
+    ev = sub.add_parser("evaluate", help="recompute the metrics of a run from its outputs")
+    ev.add_argument("run", type=Path)
+    ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="assign new images with a fitted run")
+    pr.add_argument("run", type=Path)
+    pr.add_argument("paths", nargs="+", help="image files, folders or an .npz file")
+    pr.add_argument("--output", type=Path, default=Path("predictions.csv"))
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="lay the images out as one folder per cluster")
+    ex.add_argument("run", type=Path)
+    ex.add_argument("--to", type=Path, required=True)
+    ex.add_argument("--copy", action="store_true", help="copy files instead of linking")
+    ex.set_defaults(func=cmd_export)
+
+    rp = sub.add_parser("report", help="write RUN/report/index.html")
+    rp.add_argument("run", type=Path)
+    rp.set_defaults(func=cmd_report)
+
+    ps = sub.add_parser("presets", help="show the named settings")
+    ps.add_argument("name", nargs="?", choices=sorted(PRESETS))
+    ps.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"smcluster: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nsmcluster: interrupted; continue with `smcluster fit --out RUN --resume`",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

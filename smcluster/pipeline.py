@@ -1,0 +1,657 @@
+"""Runs the three stages and owns the run folder: checkpoints, arrays, resume, outputs.
+
+The data flow is one way (METHOD.md): images -> stage 1 (feature model) -> features ->
+stage 2 (neighbours) -> stage 3 (cluster heads) -> assignments and metrics. Each stage's
+result is a file in the run folder (see CONTRIBUTING.md, "Run folder"); a stage whose file
+exists is not run again when a run is resumed, and a stage that was interrupted continues from
+its last finished epoch. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning_fabric import Fabric
+from torch import nn
+
+from smcluster.augment import ViewMaker
+from smcluster.config import Config
+from smcluster.data import ImageSet, load_dataset
+from smcluster.engine import make_fabric, map_batches, seed_everything
+from smcluster.metrics import evaluate, knn_accuracy
+from smcluster.models import ClusterHeads, build_backbone
+from smcluster.stages.clustering import (
+    ClusteringModel,
+    embedding_fetch,
+    head_losses,
+    head_probabilities,
+    image_fetch,
+    select_head,
+    train_scan,
+    train_self_label,
+)
+from smcluster.stages.features import (
+    build_feature_model,
+    extract_features,
+    mining_features,
+    train_features,
+)
+from smcluster.stages.mining import MINING_METHODS, MiningInputs, images_needed
+from smcluster.stages.neighbours import neighbour_purity
+
+FILES = {
+    "config": "config.yaml",
+    "environment": "environment.json",
+    "history": "history.jsonl",
+    "features": "features.npy",
+    "embeddings": "embeddings.npy",
+    "neighbours_knn": "neighbours-knn.npy",
+    "neighbours": "neighbours.npy",
+    "probabilities": "probabilities.npy",
+    "assignments": "assignments.csv",
+    "metrics": "metrics.json",
+}
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary sibling and rename, so no half-written file is ever seen."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """The files of one run; the only code that knows the layout."""
+
+    def __init__(self, root: str | Path, *, writer: bool = True) -> None:
+        self.root = Path(root)
+        self.writer = writer
+
+    def path(self, key: str) -> Path:
+        return self.root / FILES[key]
+
+    def checkpoint_path(self, name: str) -> Path:
+        return self.root / "checkpoints" / f"{name}.pt"
+
+    def exists(self) -> bool:
+        return self.path("config").exists()
+
+    def save_json(self, key: str, data: dict[str, Any]) -> None:
+        if self.writer:
+            text = json.dumps(data, indent=2, default=float) + "\n"
+            atomic_write(self.path(key), lambda p: p.write_text(text))
+
+    def load_json(self, key: str) -> dict[str, Any]:
+        return json.loads(self.path(key).read_text())
+
+    def save_array(self, key: str, array: np.ndarray) -> None:
+        if self.writer:
+            atomic_write(self.path(key), lambda p: np.save(p.open("wb"), array))
+
+    def load_array(self, key: str) -> np.ndarray | None:
+        path = self.path(key)
+        return np.load(path, allow_pickle=False) if path.exists() else None
+
+    def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
+        if self.writer:
+            atomic_write(self.checkpoint_path(name), lambda p: torch.save(state, p))
+
+    def load_checkpoint(self, name: str) -> dict[str, Any] | None:
+        """A checkpoint saved by this run, loaded safely (``weights_only=True``)."""
+        path = self.checkpoint_path(name)
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def log_epoch(self, stage: str, epoch: int, record: dict[str, Any]) -> None:
+        if self.writer:
+            line = json.dumps({"stage": stage, "epoch": epoch, **record}, default=float)
+            with self.path("history").open("a") as handle:
+                handle.write(line + "\n")
+
+    def history(self) -> list[dict[str, Any]]:
+        path = self.path("history")
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def environment(config: Config, fabric: Fabric) -> dict[str, Any]:
+    """Versions, threads and devices, recorded with every run."""
+    import faiss
+    import lightning_fabric
+    import sklearn
+    import torchvision
+
+    return {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning_fabric": lightning_fabric.__version__,
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "scikit_learn": sklearn.__version__,
+        "threads": torch.get_num_threads(),
+        "workers": config.run.workers,
+        "device": str(fabric.device),
+        "world_size": fabric.world_size,
+        "precision": config.run.precision,
+        "seed": config.run.seed,
+        "command": " ".join(sys.argv),
+    }
+
+
+def load_data(config: Config) -> ImageSet:
+    d = config.data
+    return load_dataset(
+        d.source, image_size=d.image_size, channels=d.channels, root=d.root, download=d.download
+    )
+
+
+def check_data(data: ImageSet, config: Config) -> None:
+    """Refuse data sets the configuration cannot cluster, with the fix in the message."""
+    n = len(data)
+    if n < config.n_clusters:
+        raise ValueError(
+            f"{n} images cannot form {config.n_clusters} clusters: lower n_clusters or add images"
+        )
+    need = images_needed(config)
+    if n < need:
+        raise ValueError(
+            f"mining.method={config.mining.method!r} with q={config.mining.q} needs at least "
+            f"{need} images, the data has {n}: lower mining.q"
+        )
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns to the API (and wrote to its folder)."""
+
+    folder: RunFolder
+    config: Config
+    labels: np.ndarray
+    probabilities: np.ndarray
+    metrics: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def prepare_folder(root: str | Path, config: Config, *, resume: bool, writer: bool) -> Config:
+    """Create the run folder, or check it for ``resume``; returns the config to run with."""
+    folder = RunFolder(root, writer=writer)
+    if folder.exists():
+        if not resume:
+            raise ValueError(
+                f"{folder.root} already holds a run: pass resume=True (--resume) to continue "
+                "it, or choose another output folder"
+            )
+        saved = Config.load(folder.path("config"))
+        keep = {"run": {"progress": config.run.progress, "report": config.run.report}}
+        if saved.updated(keep).to_dict() != config.to_dict():
+            warnings.warn(
+                f"resuming {folder.root} with its saved configuration; the settings given now "
+                "are ignored",
+                stacklevel=3,
+            )
+        return saved.updated(keep)
+    if resume:
+        raise ValueError(f"nothing to resume: {folder.root} holds no run (no {FILES['config']})")
+    if folder.root.exists() and any(folder.root.iterdir()):
+        raise ValueError(f"{folder.root} exists and is not empty: choose a new output folder")
+    if writer:
+        folder.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder.path("config"), config.save)
+    return config
+
+
+class _Epochs:
+    """Saves the ``-last`` checkpoint and a history line after every epoch of a stage."""
+
+    def __init__(self, folder: RunFolder, name: str, extra: dict[str, Any] | None = None):
+        self.folder, self.name, self.extra = folder, name, extra or {}
+
+    def __call__(self, epoch: int, model: nn.Module, optimizer, record: dict[str, Any]) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            **self.extra,
+        }
+        self.folder.save_checkpoint(f"{self.name}-last", state)
+        self.folder.log_epoch(self.name, epoch, record)
+
+
+def run_pipeline(
+    config: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    data: ImageSet | None = None,
+    fabric: Fabric | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run every stage for ``config``, writing the run folder ``out``; see module docstring."""
+    config.validate()
+    fabric = fabric or make_fabric(config.run)
+    config = prepare_folder(out, config, resume=resume, writer=fabric.is_global_zero)
+    folder = RunFolder(out, writer=fabric.is_global_zero)
+    say = log if (log is not None and fabric.is_global_zero) else (lambda _: None)
+    seed_everything(config.run.seed)
+    if fabric.is_global_zero and not (resume and folder.path("environment").exists()):
+        folder.save_json("environment", environment(config, fabric))
+    data = data if data is not None else load_data(config)
+    check_data(data, config)
+    say(
+        f"data: {data.name}, {len(data)} images, {data.channels} x {data.image_size} px, "
+        f"{config.n_clusters} clusters, device {fabric.device}, "
+        f"{torch.get_num_threads()} threads, world size {fabric.world_size}"
+    )
+    timings: dict[str, float] = {}
+    views = ViewMaker(**config.to_dict()["augment"])
+    device = fabric.device
+
+    # Stage 1
+    started = time.perf_counter()
+    model = _stage_features(config, data, fabric, folder, say)
+    encoder = model.online.eval()
+    features = folder.load_array("features")
+    embeddings = folder.load_array("embeddings")
+    if features is None or embeddings is None:
+        features = extract_features(mining_features(encoder, config), data, config, fabric).numpy()
+        embeddings = extract_features(encoder.backbone, data, config, fabric).numpy()
+        folder.save_array("features", features)
+        folder.save_array("embeddings", embeddings)
+    timings["features"] = time.perf_counter() - started
+    diagnostics: dict[str, Any] = {}
+
+    # Stage 2
+    started = time.perf_counter()
+    weak_cache: dict[str, torch.Tensor] = {}
+
+    def weak_embeddings() -> torch.Tensor:
+        if "views" not in weak_cache:
+            seed_everything(config.run.seed + 1)
+            weak_cache["views"] = torch.stack(
+                [
+                    extract_features(encoder.backbone, data, config, fabric, view=views.weak).half()
+                    for _ in range(config.clustering.feature_views)
+                ]
+            )
+        return weak_cache["views"]
+
+    def strong_features() -> np.ndarray:
+        seed_everything(config.run.seed + 2)
+        return extract_features(
+            mining_features(encoder, config), data, config, fabric, view=views.strong
+        ).numpy()
+
+    neighbours = folder.load_array("neighbours")
+    knn = folder.load_array("neighbours_knn")
+    if neighbours is None or knn is None:
+        mined = MINING_METHODS[config.mining.method](
+            MiningInputs(features, strong_features, weak_embeddings, config, device)
+        )
+        neighbours, knn = mined.neighbours, mined.knn
+        if mined.head is not None:
+            folder.save_checkpoint("mining-head", {"heads": mined.head.state_dict()})
+        if data.labels is not None:
+            for step, array in mined.steps.items():
+                diagnostics[f"neighbour_purity_{step}"] = neighbour_purity(array, data.labels)
+        folder.save_array("neighbours_knn", knn)
+        folder.save_array("neighbours", neighbours)
+    if data.labels is not None:
+        diagnostics["neighbour_purity"] = neighbour_purity(neighbours, data.labels)
+        diagnostics["neighbour_purity_knn"] = neighbour_purity(knn, data.labels)
+        diagnostics["knn_accuracy"] = knn_accuracy(knn, data.labels)
+    timings["neighbours"] = time.perf_counter() - started
+    purity = diagnostics.get("neighbour_purity")
+    say(
+        f"stage 2 ({config.mining.method}): {neighbours.shape[1]} neighbours per image in "
+        f"{timings['neighbours']:.1f} s"
+        + (
+            f", purity {purity:.3f} (plain kNN {diagnostics['neighbour_purity_knn']:.3f})"
+            if purity is not None
+            else ""
+        )
+    )
+
+    # Stage 3
+    started = time.perf_counter()
+    clustering = _stage_clustering(
+        config,
+        data,
+        fabric,
+        folder,
+        encoder.backbone,
+        embeddings,
+        neighbours,
+        weak_embeddings,
+        views,
+        say,
+    )
+    timings["clustering"] = time.perf_counter() - started
+
+    # Outputs
+    probabilities = head_probabilities(
+        clustering.heads, torch.from_numpy(_embed(clustering, embeddings, data, config, fabric))
+    )
+    losses = head_losses(
+        probabilities, torch.from_numpy(neighbours), config.clustering.entropy_weight
+    )
+    best = int(clustering.heads.best_head)
+    kept = probabilities[best].numpy()
+    labels = kept.argmax(axis=1)
+    metrics: dict[str, Any] = {
+        "n_images": len(data),
+        "n_clusters": config.n_clusters,
+        "best_head": best,
+        "heads": losses,
+    }
+    if data.labels is not None:
+        metrics.update(evaluate(data.labels, labels))
+        for head, probs in zip(losses, probabilities, strict=True):
+            head["acc"] = evaluate(data.labels, probs.argmax(1).numpy())["acc"]
+    metrics.update(diagnostics)
+    metrics["timings"] = _timings(timings, folder.history(), len(data))
+    folder.save_array("probabilities", kept.astype(np.float32))
+    folder.save_json("metrics", metrics)
+    _write_assignments(folder, data, labels, kept.max(axis=1))
+    return RunResult(folder, config, labels, kept, metrics, timings)
+
+
+def _stage_features(
+    config: Config, data: ImageSet, fabric: Fabric, folder: RunFolder, say: Callable[[str], None]
+) -> nn.Module:
+    final = folder.load_checkpoint("features")
+    model = build_feature_model(config, data.channels, len(data))
+    if final is not None:
+        model.load_state_dict(final["model"])
+        return model.to(fabric.device)
+    last = folder.load_checkpoint("features-last")
+    started = time.perf_counter()
+    model = train_features(
+        data, config, fabric, checkpoint=last, on_epoch_end=_Epochs(folder, "features")
+    )
+    folder.save_checkpoint(
+        "features",
+        {"model": model.state_dict(), "channels": data.channels, "image_size": data.image_size},
+    )
+    rows = [r for r in folder.history() if r["stage"] == "features"]
+    if rows:
+        say(
+            f"stage 1 ({config.features.model}): {len(rows)} epochs in "
+            f"{time.perf_counter() - started:.1f} s, final loss {rows[-1]['loss']:.4f}, "
+            f"{np.mean([r['images_per_s'] for r in rows]):.0f} images/s"
+        )
+    return model
+
+
+def _stage_clustering(
+    config: Config,
+    data: ImageSet,
+    fabric: Fabric,
+    folder: RunFolder,
+    backbone: nn.Module,
+    embeddings: np.ndarray,
+    neighbours: np.ndarray,
+    weak_embeddings,
+    views: ViewMaker,
+    say: Callable[[str], None],
+) -> ClusteringModel:
+    c = config.clustering
+    device = fabric.device
+    frozen = not c.update_backbone
+    heads = ClusterHeads(embeddings.shape[1], config.n_clusters, c.heads)
+    features = nn.Identity() if frozen else backbone
+    model = ClusteringModel(features, heads).to(device)
+    relabelled = folder.load_checkpoint("selflabel")
+    if relabelled is not None:
+        model.load_state_dict(relabelled["model"])
+        return model
+    saved = folder.load_checkpoint("clustering")
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+    else:
+        started = time.perf_counter()
+        fetch = (
+            embedding_fetch(weak_embeddings(), device)
+            if frozen
+            else image_fetch(data, views.weak, device)
+        )
+        nb = torch.from_numpy(neighbours)
+        train_scan(
+            model,
+            fetch,
+            nb,
+            c,
+            epochs=c.epochs,
+            seed=config.run.seed,
+            fabric=None if frozen else fabric,
+            checkpoint=folder.load_checkpoint("clustering-last"),
+            on_epoch_end=_Epochs(folder, "clustering"),
+            progress=config.run.progress,
+        )
+        probs = head_probabilities(
+            heads, torch.from_numpy(_embed(model, embeddings, data, config, fabric))
+        )
+        best = select_head(heads, head_losses(probs, nb, c.entropy_weight))
+        folder.save_checkpoint("clustering", {"model": model.state_dict()})
+        say(
+            f"stage 3 (SCAN, {'frozen' if frozen else 'fine-tuned'} backbone): {c.epochs} "
+            f"epochs in {time.perf_counter() - started:.1f} s, kept head {best} of {c.heads}"
+        )
+    if not c.self_label:
+        return model
+    return _stage_self_label(config, data, fabric, folder, model, backbone, embeddings, views, say)
+
+
+def _stage_self_label(
+    config: Config,
+    data: ImageSet,
+    fabric: Fabric,
+    folder: RunFolder,
+    model: ClusteringModel,
+    backbone: nn.Module,
+    embeddings: np.ndarray,
+    views: ViewMaker,
+    say: Callable[[str], None],
+) -> ClusteringModel:
+    c = config.clustering
+    device = fabric.device
+    best = int(model.heads.best_head)
+    kept = model.heads.head(best)
+    single = nn.Sequential(model.features, kept)
+    if isinstance(model.features, nn.Identity):
+        seed_everything(config.run.seed + 3)
+        strong = torch.stack(
+            [
+                extract_features(backbone, data, config, fabric, view=views.strong).half()
+                for _ in range(c.feature_views)
+            ]
+        )
+        plain = torch.from_numpy(embeddings)[None]
+        weak, strong_fetch = embedding_fetch(plain, device), embedding_fetch(strong, device)
+    else:
+        weak = image_fetch(data, views.weak, device)
+        strong_fetch = image_fetch(data, views.strong, device)
+    started = time.perf_counter()
+    train_self_label(
+        single,
+        weak,
+        strong_fetch,
+        len(data),
+        c,
+        seed=config.run.seed,
+        on_epoch_end=_Epochs(folder, "selflabel"),
+        progress=config.run.progress,
+    )
+    model.heads.set_head(best, kept)
+    folder.save_checkpoint("selflabel", {"model": model.state_dict()})
+    say(f"self-labelling: {c.self_label_epochs} epochs in {time.perf_counter() - started:.1f} s")
+    return model
+
+
+def _embed(
+    model: ClusteringModel, embeddings: np.ndarray, data: ImageSet, config: Config, fabric: Fabric
+) -> np.ndarray:
+    """Backbone features of the un-augmented images under the clustering model's backbone."""
+    if isinstance(model.features, nn.Identity):
+        return embeddings
+    return extract_features(model.features, data, config, fabric).numpy()
+
+
+def _timings(seconds: dict[str, float], history: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {f"{stage}_seconds": round(s, 3) for stage, s in seconds.items()}
+    out["total_seconds"] = round(sum(seconds.values()), 3)
+    for stage in ("features", "clustering"):
+        rows = [r for r in history if r["stage"] == stage and "images_per_s" in r]
+        if rows:
+            out[f"{stage}_images_per_s"] = round(
+                float(np.mean([r["images_per_s"] for r in rows])), 1
+            )
+    out["n_images"] = n
+    return out
+
+
+def _write_assignments(
+    folder: RunFolder, data: ImageSet, clusters: np.ndarray, confidence: np.ndarray
+) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    header = ["id", "cluster", "confidence"]
+    if data.labels is not None:
+        header.append("label")
+    writer.writerow(header)
+    for i, (cluster, conf) in enumerate(zip(clusters, confidence, strict=True)):
+        row = [data.ids[i], int(cluster), f"{conf:.4f}"]
+        if data.labels is not None:
+            row.append(int(data.labels[i]))
+        writer.writerow(row)
+    text = buffer.getvalue()
+    if folder.writer:
+        atomic_write(folder.path("assignments"), lambda p: p.write_text(text))
+
+
+@dataclass
+class FittedModel:
+    """What ``predict`` needs from a finished run: the backbone, the heads and the input shape."""
+
+    config: Config
+    backbone: nn.Module
+    heads: ClusterHeads
+    channels: int
+    image_size: int
+
+    @torch.no_grad()
+    def predict_proba(self, data: ImageSet, batch_size: int = 256) -> np.ndarray:
+        """Soft assignments (N x C) of the kept head on the un-augmented images."""
+        self.backbone.eval()
+        self.heads.eval()
+        device = next(self.heads.parameters()).device
+
+        def network(images: torch.Tensor) -> torch.Tensor:
+            x = images.float() / 255.0
+            return torch.softmax(self.heads.predict_logits(self.backbone(x)), dim=1)
+
+        return map_batches(network, data, batch_size=batch_size, device=device).numpy()
+
+
+def load_fitted(run: str | Path, device: str | torch.device = "cpu") -> FittedModel:
+    """Load a finished run's model (safely, ``weights_only``) for prediction."""
+    folder = RunFolder(run)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder.root} is not a run folder (no {FILES['config']})")
+    config = Config.load(folder.path("config"))
+    features = folder.load_checkpoint("features")
+    clustering = folder.load_checkpoint("selflabel") or folder.load_checkpoint("clustering")
+    if features is None or clustering is None:
+        raise ValueError(f"{folder.root} has not finished: run `smcluster fit --resume` first")
+    channels, image_size = int(features["channels"]), int(features["image_size"])
+    f = config.features
+    backbone = build_backbone(f.backbone, channels, width=f.width, small_stem=f.small_stem)
+    prefix = "online.backbone."
+    backbone.load_state_dict(
+        {k[len(prefix) :]: v for k, v in features["model"].items() if k.startswith(prefix)}
+    )
+    heads = ClusterHeads(backbone.out_dim, config.n_clusters, config.clustering.heads)
+    state = clustering["model"]
+    heads.load_state_dict(
+        {k[len("heads.") :]: v for k, v in state.items() if k.startswith("heads.")}
+    )
+    tuned = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+    if tuned:
+        backbone.load_state_dict(tuned)
+    return FittedModel(config, backbone.to(device), heads.to(device), channels, image_size)
+
+
+def evaluate_run(run: str | Path) -> dict[str, Any]:
+    """Recompute a finished run's metrics from its outputs and the data's labels."""
+    folder = RunFolder(run)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder.root} is not a run folder (no {FILES['config']})")
+    probabilities = folder.load_array("probabilities")
+    if probabilities is None:
+        raise ValueError(f"{folder.root} has not finished: run `smcluster fit --resume` first")
+    config = Config.load(folder.path("config"))
+    data = load_data(config)
+    if data.labels is None:
+        raise ValueError(f"the data of {folder.root} ({config.data.source}) has no labels")
+    metrics = folder.load_json("metrics") if folder.path("metrics").exists() else {}
+    metrics.update(evaluate(data.labels, probabilities.argmax(axis=1)))
+    for key in ("neighbours", "neighbours_knn"):
+        array = folder.load_array(key)
+        if array is not None:
+            name = "neighbour_purity" if key == "neighbours" else "neighbour_purity_knn"
+            metrics[name] = neighbour_purity(array, data.labels)
+    folder.save_json("metrics", metrics)
+    return metrics
+
+
+def predict_paths(run: str | Path, paths: list[Path], *, output: Path) -> int:
+    """Assign new images (files, folders, or .npz files) and write ``output`` as CSV."""
+    from smcluster.data import images_from_paths
+
+    model = load_fitted(run)
+    files: list[Path] = []
+    sets: list[ImageSet] = []
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        if path.suffix == ".npz":
+            sets.append(
+                load_dataset(str(path), image_size=model.image_size, channels=model.channels)
+            )
+        elif path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        else:
+            files.append(path)
+    if files:
+        sets.append(images_from_paths(files, image_size=model.image_size, channels=model.channels))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "cluster", "confidence"])
+    count = 0
+    for data in sets:
+        probs = model.predict_proba(data)
+        for i, row in enumerate(probs):
+            writer.writerow([data.ids[i], int(row.argmax()), f"{row.max():.4f}"])
+        count += len(probs)
+    text = buffer.getvalue()
+    atomic_write(Path(output), lambda p: p.write_text(text))
+    return count

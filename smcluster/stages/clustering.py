@@ -1,0 +1,242 @@
+"""Stage 3: SCAN clustering with several heads, head selection and optional self-labelling.
+
+METHOD.md, Stage 3. The clustering model is a backbone (from stage 1) and ``ClusterHeads``;
+each step samples one neighbour per anchor and minimises the SCAN loss of every head at once.
+Two ways to feed it, chosen by ``clustering.update_backbone``:
+
+- frozen backbone: the heads read stored backbone features of a few weak views of every image
+  (``embedding_views``), a fast path on a CPU and SCAN's choice for ImageNet;
+- updated backbone: images are augmented (weak view) and passed through the backbone, which is
+  fine-tuned together with the heads (SCAN's choice for small data sets).
+
+Both paths share ``train_scan``; they differ only in the ``fetch`` function that turns a batch
+of indices into the model's input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning_fabric import Fabric
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from smcluster.config import ClusteringConfig
+from smcluster.engine import Shard, batch_indices, seed_everything, stage_seed
+from smcluster.losses import entropy, scan_loss, self_label_loss
+from smcluster.models import ClusterHeads
+
+Fetch = Callable[[Tensor], Tensor]
+EpochCallback = Callable[[int, nn.Module, torch.optim.Optimizer, dict[str, Any]], None]
+
+
+class ClusteringModel(nn.Module):
+    """A feature network followed by cluster heads; logits are (heads, batch, clusters)."""
+
+    def __init__(self, features: nn.Module, heads: ClusterHeads) -> None:
+        super().__init__()
+        self.features = features
+        self.heads = heads
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.heads(self.features(x))
+
+
+def train_scan(
+    model: nn.Module,
+    fetch: Fetch,
+    neighbours: Tensor,
+    config: ClusteringConfig,
+    *,
+    epochs: int,
+    seed: int,
+    fabric: Fabric | None = None,
+    stage: str = "clustering",
+    checkpoint: dict[str, Any] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """Minimise the SCAN loss of every head (summed) with Adam; returns the unwrapped model.
+
+    ``fetch(indices)`` returns the model input for those images (already augmented, on the
+    model's device). With a ``fabric`` of several processes, each process trains on its share
+    of every batch and gradients are averaged.
+    """
+    n = len(neighbours)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    start_epoch = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch = int(checkpoint["epoch"]) + 1
+    wrapped, shard = model, Shard()
+    if fabric is not None:
+        wrapped, optimizer = fabric.setup(model, optimizer)
+        shard = Shard.of(fabric)
+    batch = min(config.batch_size, n)
+    steps = max(n // batch, 1)
+    rank_zero = fabric is None or fabric.is_global_zero
+    for epoch in range(start_epoch, epochs):
+        seed_everything(stage_seed(seed, stage, epoch))
+        wrapped.train()
+        started, totals = time.perf_counter(), torch.zeros(3)
+        bar = tqdm(
+            batch_indices(n, batch, shuffle=True, drop_last=True, shard=shard),
+            total=steps,
+            desc=f"{stage} {epoch + 1}/{epochs}",
+            disable=not (progress and rank_zero),
+            leave=False,
+        )
+        for idx in bar:
+            pick = torch.randint(neighbours.shape[1], (len(idx),))
+            partners = neighbours[idx, pick]
+            inputs = fetch(torch.cat([idx, partners]))
+            logits = wrapped(inputs)
+            anchor, neighbour = logits.chunk(2, dim=1)
+            total, consistency, spread = scan_loss(anchor, neighbour, config.entropy_weight)
+            loss = total.sum()
+            optimizer.zero_grad(set_to_none=True)
+            if fabric is not None:
+                fabric.backward(loss)
+            else:
+                loss.backward()
+            optimizer.step()
+            heads = len(total)
+            totals += torch.tensor(
+                [float(loss.detach()) / heads, float(consistency.mean()), float(spread.mean())]
+            )
+            bar.set_postfix(loss=f"{float(loss.detach()) / heads:.4f}")
+        elapsed = time.perf_counter() - started
+        mean = totals / steps
+        record = {
+            "loss": float(mean[0]),
+            "consistency": float(mean[1]),
+            "entropy": float(mean[2]),
+            "seconds": elapsed,
+            "images_per_s": steps * batch / max(elapsed, 1e-9),
+        }
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model, optimizer, record)
+    return model
+
+
+@torch.no_grad()
+def head_probabilities(heads: ClusterHeads, embeddings: Tensor, chunk: int = 8192) -> Tensor:
+    """Soft assignments of every head: (heads, N, clusters) float32 on the CPU."""
+    heads.eval()
+    device = next(heads.parameters()).device
+    parts = [
+        torch.softmax(heads(e.to(device).float()), dim=-1).cpu() for e in embeddings.split(chunk)
+    ]
+    return torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def head_losses(
+    probabilities: Tensor, neighbours: Tensor, entropy_weight: float, chunk: int = 8192
+) -> list[dict[str, float]]:
+    """SCAN's loss of each head over the whole data set, with all q neighbours of each image.
+
+    This is SCAN's head-selection criterion: the head with the lowest total loss is kept.
+    """
+    results = []
+    for probs in probabilities:
+        consistency = 0.0
+        for start in range(0, len(probs), chunk):
+            p = probs[start : start + chunk]
+            nb = probs[neighbours[start : start + chunk]]
+            dots = (p.unsqueeze(1) * nb).sum(-1).clamp_min(1e-7)
+            consistency += float(-dots.log().sum())
+        consistency /= neighbours.numel()
+        spread = float(entropy(probs.mean(dim=0)))
+        results.append(
+            {
+                "total": consistency - entropy_weight * spread,
+                "consistency": consistency,
+                "entropy": spread,
+            }
+        )
+    return results
+
+
+def select_head(heads: ClusterHeads, losses: list[dict[str, float]]) -> int:
+    """Keep the head with the lowest total loss and record it in ``heads``."""
+    best = min(range(len(losses)), key=lambda h: losses[h]["total"])
+    heads.select(best)
+    return best
+
+
+def embedding_fetch(views: Tensor, device: torch.device) -> Fetch:
+    """Fetch from stored features of V augmented views (V x N x E): a random view per image."""
+
+    def fetch(idx: Tensor) -> Tensor:
+        view = torch.randint(len(views), (len(idx),))
+        return views[view, idx].to(device).float()
+
+    return fetch
+
+
+def image_fetch(data, augment: Callable[[Tensor], Tensor], device: torch.device) -> Fetch:
+    """Fetch images by index, move them to ``device`` and augment them."""
+    tensor = data.as_tensor()
+
+    def fetch(idx: Tensor) -> Tensor:
+        images = tensor[idx] if tensor is not None else torch.stack([data[int(i)][0] for i in idx])
+        return augment(images.to(device).float() / 255.0)
+
+    return fetch
+
+
+def train_self_label(
+    model: nn.Module,
+    weak: Fetch,
+    strong: Fetch,
+    n: int,
+    config: ClusteringConfig,
+    *,
+    seed: int,
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = True,
+) -> nn.Module:
+    """SCAN's self-labelling (METHOD.md, Stage 3 optional extension) on a single-head model.
+
+    Confident weak-view predictions (> threshold) are the targets of the strong view.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.self_label_lr, weight_decay=config.weight_decay)
+    batch = min(config.batch_size, n)
+    steps = max(n // batch, 1)
+    for epoch in range(config.self_label_epochs):
+        seed_everything(stage_seed(seed, "selflabel", epoch))
+        model.train()
+        started, loss_sum, confident = time.perf_counter(), 0.0, 0
+        bar = tqdm(
+            batch_indices(n, batch, shuffle=True, drop_last=True),
+            total=steps,
+            desc=f"self-label {epoch + 1}/{config.self_label_epochs}",
+            disable=not progress,
+            leave=False,
+        )
+        for idx in bar:
+            with torch.no_grad():
+                weak_logits = model(weak(idx))
+            loss, count = self_label_loss(
+                weak_logits, model(strong(idx)), config.self_label_threshold
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach())
+            confident += count
+        record = {
+            "loss": loss_sum / steps,
+            "confident": confident / (steps * batch),
+            "seconds": time.perf_counter() - started,
+        }
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model, optimizer, record)
+    return model

@@ -1,0 +1,254 @@
+"""Stage 1: the contrastive feature model (METHOD.md, Stage 1) and SimCLR, SCAN's pretext.
+
+The paper's model is close to MoBY (MoCo + BYOL): an online encoder with a predictor, an EMA
+target encoder without one, and a FIFO queue of target outputs used as negatives in a
+symmetric InfoNCE. ``train_features`` runs either model under Lightning Fabric;
+``extract_features`` turns a trained encoder into the arrays stage 2 and 3 read.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning_fabric import Fabric
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from smcluster.augment import ViewMaker
+from smcluster.config import Config
+from smcluster.engine import (
+    Shard,
+    batch_indices,
+    iterate_images,
+    map_batches,
+    seed_everything,
+    stage_seed,
+)
+from smcluster.losses import nt_xent, symmetric_queue_info_nce
+from smcluster.models import MLP, Backbone, build_backbone
+from smcluster.momentum import MomentumQueue, cosine_lr, cosine_momentum, ema_update
+
+
+class Encoder(nn.Module):
+    """Backbone followed by a projector MLP (the paper's F + g)."""
+
+    def __init__(self, backbone: Backbone, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = MLP(backbone.out_dim, hidden_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projector(self.backbone(x))
+
+
+class PaperFeatureModel(nn.Module):
+    """Online encoder + predictor, EMA target encoder and queue (METHOD.md, Stage 1).
+
+    ``forward(view_a, view_b)`` returns the symmetric queue InfoNCE of Eq. 10 and the target
+    outputs of both views, which ``after_step`` enqueues (all-gathered under several
+    processes, as MoCo does) after the EMA update of Eq. 7 with the momentum of Eq. 8.
+    """
+
+    def __init__(self, backbone: Backbone, config: Config, queue_length: int) -> None:
+        super().__init__()
+        f = config.features
+        self.online = Encoder(backbone, f.projector_hidden, f.out_dim)
+        self.predictor = MLP(f.out_dim, f.predictor_hidden, f.out_dim)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self.queue = MomentumQueue(queue_length, f.out_dim)
+        self.temperature = f.temperature
+        self.momentum_base = f.momentum_base
+
+    def forward(self, view_a: Tensor, view_b: Tensor) -> tuple[Tensor, Tensor]:
+        both = torch.cat([view_a, view_b])
+        l_a, l_b = self.predictor(self.online(both)).chunk(2)
+        with torch.no_grad():
+            h_a, h_b = self.target(both).chunk(2)
+        loss = symmetric_queue_info_nce(
+            l_a, l_b, h_a, h_b, self.queue.vectors.clone(), self.temperature
+        )
+        return loss, torch.cat([h_a, h_b]).detach()
+
+    def after_step(self, step: int, total_steps: int, targets: Tensor | None) -> None:
+        ema_update(self.target, self.online, cosine_momentum(step, total_steps, self.momentum_base))
+        if targets is not None:
+            self.queue.enqueue(targets)
+
+
+class SimCLRFeatureModel(nn.Module):
+    """SimCLR (NT-Xent with in-batch negatives), SCAN's pretext task and our baseline."""
+
+    def __init__(self, backbone: Backbone, config: Config, queue_length: int) -> None:
+        super().__init__()
+        del queue_length
+        f = config.features
+        self.online = Encoder(backbone, f.projector_hidden, f.out_dim)
+        self.temperature = f.simclr_temperature
+
+    def forward(self, view_a: Tensor, view_b: Tensor) -> tuple[Tensor, None]:
+        z_a, z_b = self.online(torch.cat([view_a, view_b])).chunk(2)
+        return nt_xent(z_a, z_b, self.temperature), None
+
+    def after_step(self, step: int, total_steps: int, targets: Tensor | None) -> None:
+        del step, total_steps, targets
+
+
+FEATURE_MODELS: dict[str, type[nn.Module]] = {
+    "paper": PaperFeatureModel,
+    "simclr": SimCLRFeatureModel,
+}
+
+# Which output of the online encoder stage 2 mines with (METHOD.md, Stage 2 Decision).
+MINING_FEATURES: dict[str, Callable[[Encoder, Tensor], Tensor]] = {
+    "projector": lambda encoder, x: encoder(x),
+    "backbone": lambda encoder, x: encoder.backbone(x),
+}
+
+
+def queue_length_for(config: Config, n_images: int) -> int:
+    """METHOD.md Stage 1 Decision: the setting, capped at N minus one batch (at least 1)."""
+    return max(min(config.features.queue_length, n_images - config.features.batch_size), 1)
+
+
+def build_feature_model(config: Config, channels: int, n_images: int) -> nn.Module:
+    f = config.features
+    backbone = build_backbone(f.backbone, channels, width=f.width, small_stem=f.small_stem)
+    return FEATURE_MODELS[f.model](backbone, config, queue_length_for(config, n_images))
+
+
+def fit_normalization(backbone: Backbone, data, sample: int = 4096) -> None:
+    """Set the backbone's input statistics from (a seeded sample of) the data."""
+    n = len(data)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[: min(sample, n)]
+    images = torch.stack([data[int(i)][0] for i in idx]).float() / 255.0
+    backbone.normalize.fit(images)
+
+
+EpochCallback = Callable[[int, nn.Module, torch.optim.Optimizer, dict[str, Any]], None]
+
+
+def train_features(
+    data,
+    config: Config,
+    fabric: Fabric,
+    *,
+    checkpoint: dict[str, Any] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> nn.Module:
+    """Train the configured feature model on ``data`` and return it (unwrapped).
+
+    ``checkpoint`` (from ``on_epoch_end``'s state) resumes after its last finished epoch; each
+    epoch draws from its own seed, so a resumed run sees the augmentations an unbroken one
+    would have seen.
+    """
+    f = config.features
+    seed_everything(config.run.seed)
+    model = build_feature_model(config, data.channels, len(data))
+    fit_normalization(model.online.backbone, data)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=f.lr, momentum=0.9, weight_decay=f.weight_decay)
+    start_epoch = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch = int(checkpoint["epoch"]) + 1
+    wrapped, optimizer = fabric.setup(model, optimizer)
+    views = ViewMaker(**config.to_dict()["augment"])
+    shard = Shard.of(fabric)
+    batch = min(f.batch_size, len(data))
+    steps_per_epoch = max(len(data) // batch, 1)
+    total = f.epochs * steps_per_epoch
+    warmup = f.warmup_epochs * steps_per_epoch
+    base_lr = f.lr * batch / 256
+    for epoch in range(start_epoch, f.epochs):
+        seed_everything(stage_seed(config.run.seed, "features", epoch))
+        wrapped.train()
+        started, seen, loss_sum = time.perf_counter(), 0, 0.0
+        batches = batch_indices(len(data), batch, shuffle=True, drop_last=True, shard=shard)
+        bar = tqdm(
+            iterate_images(data, batches, config.run.workers),
+            total=steps_per_epoch,
+            desc=f"features {epoch + 1}/{f.epochs}",
+            disable=not (config.run.progress and fabric.is_global_zero),
+            leave=False,
+        )
+        for step_in_epoch, (images, _) in enumerate(bar):
+            step = epoch * steps_per_epoch + step_in_epoch
+            lr = cosine_lr(step, total, base_lr, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = images.to(fabric.device)
+            view_a, view_b = views.view_a(x), views.view_b(x)
+            with fabric.autocast():
+                loss, targets = wrapped(view_a, view_b)
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            optimizer.step()
+            if targets is not None and fabric.world_size > 1:
+                targets = fabric.all_gather(targets).reshape(-1, targets.shape[-1])
+            model.after_step(step + 1, total, targets)
+            seen += len(images) * fabric.world_size
+            loss_sum += float(loss.detach())
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(
+                loss=f"{loss_sum / (step_in_epoch + 1):.4f}", img_s=f"{seen / elapsed:.0f}"
+            )
+        elapsed = time.perf_counter() - started
+        record = {
+            "loss": loss_sum / steps_per_epoch,
+            "lr": lr,
+            "seconds": elapsed,
+            "images_per_s": seen / max(elapsed, 1e-9),
+        }
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model, optimizer, record)
+    return model
+
+
+def encoder_of(model: nn.Module) -> Encoder:
+    """The online encoder, whose outputs are the learned features."""
+    return model.online
+
+
+def mining_features(encoder: Encoder, config: Config) -> Callable[[Tensor], Tensor]:
+    """The L2-normalised features stage 2 mines with (METHOD.md, Stage 2 Decision)."""
+    project = MINING_FEATURES[config.features.mining_features]
+    return lambda x: nn.functional.normalize(project(encoder, x).float(), dim=1)
+
+
+@torch.no_grad()
+def extract_features(
+    network: Callable[[Tensor], Tensor],
+    data,
+    config: Config,
+    fabric: Fabric,
+    *,
+    view: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """``network``'s output for every image (N x D float32 on the CPU), optionally of a view.
+
+    ``network`` is ``mining_features(encoder, config)`` for stage 2 or ``encoder.backbone``
+    for the clustering heads; ``view`` is an augmentation applied to each batch first.
+    """
+    if isinstance(network, nn.Module):
+        network.eval()
+
+    def fn(images: Tensor) -> Tensor:
+        x = images.float() / 255.0
+        if view is not None:
+            x = view(x)
+        with fabric.autocast():
+            return network(x).float()
+
+    return map_batches(
+        fn,
+        data,
+        batch_size=max(config.features.batch_size, 256),
+        device=fabric.device,
+        fabric=fabric,
+        workers=config.run.workers,
+    )

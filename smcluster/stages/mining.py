@@ -1,0 +1,119 @@
+"""Stage 2 composed: SCAN's plain kNN mining and the paper's three-view mining.
+
+METHOD.md, Stage 2. The array-level steps (kNN search, the strong-view and agreement
+filters) live in ``stages.neighbours``; this module strings them together, including the
+weak-view clustering head the paper leaves unspecified (the Decision: a briefly trained SCAN
+head on the 2q neighbour sets, on stored backbone features of weak views).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from smcluster.config import Config
+from smcluster.models import ClusterHeads
+from smcluster.stages.clustering import (
+    ClusteringModel,
+    embedding_fetch,
+    head_losses,
+    head_probabilities,
+    select_head,
+    train_scan,
+)
+from smcluster.stages.neighbours import (
+    filter_by_agreement,
+    filter_by_strong_view,
+    knn_search,
+)
+
+
+@dataclass
+class MiningInputs:
+    """What mining reads: stage-1 features and, for the three views, two lazy extras."""
+
+    features: np.ndarray
+    strong_features: Callable[[], np.ndarray]
+    weak_embeddings: Callable[[], Tensor]
+    config: Config
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass
+class MiningResult:
+    """The neighbours stage 3 trains on, plus the intermediate sets for diagnostics."""
+
+    neighbours: np.ndarray
+    knn: np.ndarray
+    steps: dict[str, np.ndarray] = field(default_factory=dict)
+    head: ClusterHeads | None = None
+
+
+def _search(inputs: MiningInputs, k: int) -> np.ndarray:
+    return knn_search(inputs.features, k, backend=inputs.config.mining.backend)[0]
+
+
+def mine_plain(inputs: MiningInputs) -> MiningResult:
+    """SCAN's mining: the q nearest neighbours of each image's features."""
+    knn = _search(inputs, inputs.config.mining.q)
+    return MiningResult(neighbours=knn, knn=knn)
+
+
+def warm_up_head(
+    weak_embeddings: Tensor, candidates: np.ndarray, config: Config, device: torch.device
+) -> tuple[ClusterHeads, Tensor]:
+    """The weak-view head Phi_c (METHOD.md, Stage 2 Decision) and its weak-view predictions.
+
+    Heads on frozen stage-1 backbone features of weak views are trained with the SCAN loss on
+    the 2q candidate sets for ``mining.warmup_epochs`` epochs; the lowest-loss head predicts
+    p(b) for the weak view b of every image (N x C).
+    """
+    c = config.clustering
+    heads = ClusterHeads(weak_embeddings.shape[-1], config.n_clusters, c.heads).to(device)
+    neighbours = torch.from_numpy(candidates)
+    train_scan(
+        ClusteringModel(torch.nn.Identity(), heads),
+        embedding_fetch(weak_embeddings, device),
+        neighbours,
+        c,
+        epochs=config.mining.warmup_epochs,
+        seed=config.run.seed,
+        stage="mining-head",
+        progress=config.run.progress,
+    )
+    probs = head_probabilities(heads, weak_embeddings[0])
+    select_head(heads, head_losses(probs, neighbours, c.entropy_weight))
+    return heads, probs[int(heads.best_head)]
+
+
+def mine_three_view(inputs: MiningInputs) -> MiningResult:
+    """The paper's mining (METHOD.md, Stage 2): 4q instance -> 2q strong -> q weak view."""
+    q = inputs.config.mining.q
+    instance = _search(inputs, 4 * q)
+    strong = filter_by_strong_view(instance, inputs.features, inputs.strong_features(), 2 * q)
+    heads, weak_probs = warm_up_head(inputs.weak_embeddings(), strong, inputs.config, inputs.device)
+    final = filter_by_agreement(strong, weak_probs.numpy(), q, score=inputs.config.mining.agreement)
+    return MiningResult(
+        neighbours=final,
+        knn=instance[:, :q],
+        steps={"instance": instance, "strong": strong},
+        head=heads,
+    )
+
+
+MINING_METHODS: dict[str, Callable[[MiningInputs], MiningResult]] = {
+    "knn": mine_plain,
+    "three-view": mine_three_view,
+}
+
+
+CANDIDATES_PER_NEIGHBOUR: dict[str, int] = {"knn": 1, "three-view": 4}
+
+
+def images_needed(config: Config) -> int:
+    """The fewest images the configured mining can work with (its candidates plus itself)."""
+    return CANDIDATES_PER_NEIGHBOUR[config.mining.method] * config.mining.q + 1

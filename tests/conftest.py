@@ -1,0 +1,40 @@
+"""Shared test fixtures.
+
+The real image sets live in a `shared/data` folder beside the repository (a developer's and
+CI's checkout has one; a user's clone does not). Tests that need them ask for `shared_data` and
+are skipped, with the reason, when it is missing. `SMCLUSTER_SHARED_DATA` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    env = os.environ.get("SMCLUSTER_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Folder of the shared labelled `.npz` sets; skips the test when it is absent."""
+    folder = _shared_data_dir()
+    if not (folder / "mnist.npz").exists():
+        pytest.skip(
+            f"shared data sets not found at {folder} (set SMCLUSTER_SHARED_DATA to the folder "
+            "holding mnist.npz etc. to run this test)"
+        )
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)

@@ -1,0 +1,190 @@
+"""The whole method end to end: the demo on the embedded digits, a shared real set, resume,
+two processes, and the run folder's contents."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from smcluster.api import SMCluster
+from smcluster.data import load_dataset
+from smcluster.pipeline import RunFolder, evaluate_run, load_fitted
+
+QUICK = {
+    "features__epochs": 2,
+    "clustering__epochs": 3,
+    "mining__warmup_epochs": 2,
+    "run__report": False,
+    "run__progress": False,
+}
+
+
+def smcluster_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "smcluster.cli", *args]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> SMCluster:
+    """The demo preset on the embedded digits, exactly as `make demo` runs it."""
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return SMCluster(10, preset="demo", out=out, run__report=False, run__progress=False).fit(
+        "digits"
+    )
+
+
+def test_demo_reaches_the_accuracy_bar(demo_run: SMCluster) -> None:
+    # k-means on raw pixels gets about 0.79 on the digits; the issue's bar is 0.85
+    assert demo_run.metrics_["acc"] >= 0.85
+    assert demo_run.metrics_["nmi"] >= 0.75
+    assert len(np.unique(demo_run.labels_)) == 10
+
+
+def test_demo_stage_one_loss_falls(demo_run: SMCluster) -> None:
+    rows = [r for r in RunFolder(demo_run.run_dir_).history() if r["stage"] == "features"]
+    assert len(rows) == demo_run.get_config().features.epochs
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
+
+
+def test_run_folder_holds_every_artefact(demo_run: SMCluster) -> None:
+    run = Path(demo_run.run_dir_)
+    for name in ["config.yaml", "environment.json", "history.jsonl", "features.npy",
+                 "embeddings.npy", "neighbours.npy", "neighbours-knn.npy",
+                 "probabilities.npy", "assignments.csv", "metrics.json"]:
+        assert (run / name).exists(), name
+    for name in ["features", "features-last", "mining-head", "clustering", "clustering-last"]:
+        assert (run / "checkpoints" / f"{name}.pt").exists(), name
+    assert not list(run.rglob(".*.tmp"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ["acc", "nmi", "ari", "weighted_precision", "weighted_recall", "weighted_f",
+                "neighbour_purity"]:
+        assert 0.0 <= metrics[key] <= 1.0
+    assert len(metrics["heads"]) == 10 and all("acc" in h for h in metrics["heads"])
+    assert metrics["heads"][metrics["best_head"]]["total"] == min(
+        h["total"] for h in metrics["heads"]
+    )
+    env = json.loads((run / "environment.json").read_text())
+    assert env["seed"] == 0 and env["threads"] >= 1 and "torch" in env
+    with (run / "assignments.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1797 and set(rows[0]) == {"id", "cluster", "confidence", "label"}
+    neighbours = np.load(run / "neighbours.npy")
+    assert neighbours.shape == (1797, demo_run.get_config().mining.q)
+    assert not (neighbours == np.arange(1797)[:, None]).any()
+
+
+def test_predict_agrees_with_fit(demo_run: SMCluster) -> None:
+    data = load_dataset("digits", image_size=16)
+    held = data.subset(np.arange(0, 1797, 7))
+    predicted = demo_run.predict(held)
+    assert (predicted == demo_run.labels_[::7]).mean() >= 0.99
+    assert demo_run.transform(held).shape[0] == len(held)
+
+
+def test_evaluate_recomputes_the_metrics(demo_run: SMCluster) -> None:
+    again = evaluate_run(demo_run.run_dir_)
+    assert again["acc"] == pytest.approx(demo_run.metrics_["acc"])
+    assert load_fitted(demo_run.run_dir_).heads.best_head == demo_run.metrics_["best_head"]
+
+
+def test_from_run_restores_the_estimator(demo_run: SMCluster) -> None:
+    restored = SMCluster.from_run(demo_run.run_dir_)
+    assert (restored.labels_ == demo_run.labels_).all()
+
+
+def test_existing_run_folder_needs_resume(demo_run: SMCluster) -> None:
+    with pytest.raises(ValueError, match="already holds a run"):
+        SMCluster(10, preset="demo", out=demo_run.run_dir_, **QUICK).fit("digits")
+
+
+def test_baseline_variants_run(tmp_path) -> None:
+    """SCAN's baseline: SimCLR pretext + plain kNN, with self-labelling on."""
+    model = SMCluster(
+        10, preset="demo", out=tmp_path / "run", features__model="simclr",
+        mining__method="knn", clustering__self_label=True, clustering__self_label_epochs=1,
+        **QUICK,
+    ).fit("digits")
+    assert (Path(model.run_dir_) / "checkpoints" / "selflabel.pt").exists()
+    assert model.metrics_["acc"] > 0.3
+
+
+def test_fine_tuned_backbone_runs(tmp_path) -> None:
+    model = SMCluster(10, preset="demo", out=tmp_path / "run", clustering__update_backbone=True,
+                      **QUICK).fit("digits")
+    assert model.metrics_["acc"] > 0.3
+    assert (model.predict(load_dataset("digits", image_size=16)) == model.labels_).mean() > 0.99
+
+
+def test_real_shared_set_end_to_end(shared_data, tmp_path) -> None:
+    """A 2,000-image MNIST subset from the shared data through the command line."""
+    source = np.load(shared_data / "mnist.npz", allow_pickle=False)
+    pick = np.random.default_rng(0).choice(len(source["labels"]), 2000, replace=False)
+    subset = tmp_path / "mnist2k.npz"
+    np.savez(subset, images=source["images"][pick], labels=source["labels"][pick])
+    out = tmp_path / "run"
+    result = subprocess.run(
+        smcluster_command("fit", "--data", str(subset), "--clusters", "10", "--preset",
+                          "cpu-mnist", "--epochs", "3", "--cluster-epochs", "10",
+                          "--out", str(out), "--quiet", "--no-report"),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ACC=" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["acc"] > 0.4  # chance is 0.1
+    assert metrics["knn_accuracy"] > 0.8
+
+
+def test_interrupted_run_resumes(tmp_path) -> None:
+    out = tmp_path / "run"
+    args = ["fit", "--preset", "demo", "--data", "digits", "--clusters", "10", "--epochs", "6",
+            "--cluster-epochs", "3", "--out", str(out), "--quiet", "--no-report"]
+    process = subprocess.Popen(smcluster_command(*args), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    last = out / "checkpoints" / "features-last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if last.exists() and len(RunFolder(out).history()) >= 2:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert not (out / "metrics.json").exists()
+    done = len(RunFolder(out).history())
+    assert 2 <= done < 6
+
+    again = subprocess.run(smcluster_command("fit", "--out", str(out), "--resume", "--quiet",
+                                             "--no-report"),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    epochs = [r["epoch"] for r in RunFolder(out).history() if r["stage"] == "features"]
+    assert epochs == list(range(6)), "resumed run repeated or skipped epochs"
+    assert json.loads((out / "metrics.json").read_text())["acc"] > 0.3
+
+
+def test_two_processes_on_cpu(tmp_path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        smcluster_command("fit", "--preset", "demo", "--data", "digits", "--clusters", "10",
+                          "--epochs", "2", "--cluster-epochs", "3", "--accelerator", "cpu",
+                          "--devices", "2", "--threads", "1", "--out", str(out), "--quiet",
+                          "--no-report"),
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    env_record = json.loads((out / "environment.json").read_text())
+    assert env_record["world_size"] == 2
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["acc"] <= 1.0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["run"]["devices"] == 2
