@@ -19,6 +19,7 @@ demo: setup
 	$(BIN)/smcluster fit --preset demo --data digits --clusters 10 --out runs/demo
 
 test: setup
+	sh scripts/ensure-browser.sh
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 

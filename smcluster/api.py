@@ -20,7 +20,7 @@ import torch
 
 from smcluster.config import Config, preset
 from smcluster.data import ImageSet, load_dataset
-from smcluster.pipeline import FittedModel, RunFolder, load_fitted, run_pipeline
+from smcluster.pipeline import IN_MEMORY, FittedModel, RunFolder, load_fitted, run_pipeline
 
 
 def settings_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +119,8 @@ class SMCluster:
         """
         config = self.get_config()
         data = as_imageset(X, y, config)
+        if not isinstance(X, (str, Path)):
+            config = config.updated({"data": {"source": IN_MEMORY}})
         out = (
             Path(self.out)
             if self.out is not None

@@ -79,13 +79,20 @@ class MiningConfig:
 
 @dataclass
 class ClusteringConfig:
-    """Stage 3, SCAN clustering (METHOD.md, Stage 3; defaults are SCAN's, per the Decision)."""
+    """Stage 3, SCAN clustering (METHOD.md, Stage 3; defaults are SCAN's, per the Decision).
+
+    ``lr`` (SCAN's Adam 1e-4) trains backbone and heads together (``update_backbone``);
+    ``frozen_lr`` trains heads alone on stored backbone features, where 1e-4 barely moves a
+    linear layer in the epochs a CPU can afford (our Decision; the paper is silent).
+    ``feature_views`` is how many weak views per image are stored for the frozen path.
+    """
 
     entropy_weight: float = 5.0
     heads: int = 10
     epochs: int = 100
     batch_size: int = 512
     lr: float = 1e-4
+    frozen_lr: float = 1e-2
     weight_decay: float = 1e-4
     update_backbone: bool = False
     feature_views: int = 4
@@ -275,7 +282,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"image_size": 16},
         "features": {
             "backbone": "small_cnn",
-            "width": 32,
+            "width": 16,
             "projector_hidden": 256,
             "predictor_hidden": 256,
             "out_dim": 64,
@@ -283,25 +290,26 @@ PRESETS: dict[str, dict[str, Any]] = {
             "batch_size": 128,
             "warmup_epochs": 3,
         },
-        "augment": {"crop_scale": [0.5, 1.0], "max_magnitude": 5.0},
+        "augment": {"crop_scale": [0.5, 1.0], "max_magnitude": 5.0, "flip": False},
         "mining": {"q": 10, "warmup_epochs": 20},
-        "clustering": {"epochs": 60, "batch_size": 256, "lr": 1e-3},
+        "clustering": {"epochs": 60, "batch_size": 256},
     },
     "cpu-mnist": {
         "data": {"image_size": 16, "channels": 1},
         "features": {
             "backbone": "small_cnn",
-            "width": 32,
+            "width": 16,
             "projector_hidden": 256,
             "predictor_hidden": 256,
             "out_dim": 64,
+            "queue_length": 4096,
             "epochs": 30,
             "batch_size": 256,
             "warmup_epochs": 2,
         },
-        "augment": {"crop_scale": [0.5, 1.0], "max_magnitude": 5.0},
+        "augment": {"crop_scale": [0.5, 1.0], "max_magnitude": 5.0, "flip": False},
         "mining": {"q": 20, "warmup_epochs": 10},
-        "clustering": {"epochs": 40, "batch_size": 512, "lr": 1e-3},
+        "clustering": {"epochs": 40, "batch_size": 512},
     },
     "cpu-omniglot": {
         "data": {"image_size": 28, "channels": 1},
@@ -311,13 +319,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             "projector_hidden": 512,
             "predictor_hidden": 512,
             "out_dim": 128,
+            "queue_length": 4096,
             "epochs": 30,
             "batch_size": 256,
             "warmup_epochs": 2,
         },
-        "augment": {"crop_scale": [0.6, 1.0], "max_magnitude": 5.0},
+        "augment": {"crop_scale": [0.6, 1.0], "max_magnitude": 5.0, "flip": False},
         "mining": {"q": 10, "warmup_epochs": 10},
-        "clustering": {"epochs": 60, "batch_size": 512, "lr": 1e-3},
+        "clustering": {"epochs": 60, "batch_size": 512},
     },
     "cpu-cifar10": {
         "data": {"image_size": 32, "channels": 3},
@@ -327,12 +336,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "projector_hidden": 512,
             "predictor_hidden": 512,
             "out_dim": 128,
+            "queue_length": 4096,
             "epochs": 30,
             "batch_size": 256,
             "warmup_epochs": 2,
         },
         "mining": {"q": 20, "warmup_epochs": 10},
-        "clustering": {"epochs": 40, "batch_size": 512, "lr": 1e-3},
+        "clustering": {"epochs": 40, "batch_size": 512},
     },
     "cpu-tinyimagenet": {
         "data": {"image_size": 32, "channels": 3},
@@ -342,12 +352,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "projector_hidden": 512,
             "predictor_hidden": 512,
             "out_dim": 128,
+            "queue_length": 4096,
             "epochs": 30,
             "batch_size": 256,
             "warmup_epochs": 2,
         },
         "mining": {"q": 10, "warmup_epochs": 10},
-        "clustering": {"epochs": 60, "batch_size": 512, "lr": 1e-3},
+        "clustering": {"epochs": 60, "batch_size": 512},
     },
 }
 

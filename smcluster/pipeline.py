@@ -64,7 +64,11 @@ FILES = {
     "probabilities": "probabilities.npy",
     "assignments": "assignments.csv",
     "metrics": "metrics.json",
+    "images": "images.npz",
 }
+
+IN_MEMORY = "<in-memory>"
+"""``data.source`` of images handed to the API as arrays; the run stores them in images.npz."""
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -160,6 +164,8 @@ def environment(config: Config, fabric: Fabric) -> dict[str, Any]:
 
 def load_data(config: Config) -> ImageSet:
     d = config.data
+    if d.source == IN_MEMORY:
+        raise ValueError("these images were given in memory: pass them to fit again")
     return load_dataset(
         d.source, image_size=d.image_size, channels=d.channels, root=d.root, download=d.download
     )
@@ -192,48 +198,50 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def prepare_folder(root: str | Path, config: Config, *, resume: bool, writer: bool) -> Config:
-    """Create the run folder, or check it for ``resume``; returns the config to run with."""
-    folder = RunFolder(root, writer=writer)
+def resolve_config(root: str | Path, config: Config, *, resume: bool) -> Config:
+    """The configuration to run with; checks the output folder without writing anything.
+
+    A new run needs an absent or empty folder; ``resume`` needs a run there and continues
+    with its saved configuration (only progress and report switches may change).
+    """
+    folder = RunFolder(root)
     if folder.exists():
         if not resume:
             raise ValueError(
                 f"{folder.root} already holds a run: pass resume=True (--resume) to continue "
                 "it, or choose another output folder"
             )
-        saved = Config.load(folder.path("config"))
         keep = {"run": {"progress": config.run.progress, "report": config.run.report}}
-        if saved.updated(keep).to_dict() != config.to_dict():
+        saved = Config.load(folder.path("config")).updated(keep)
+        if saved.to_dict() != config.to_dict():
             warnings.warn(
                 f"resuming {folder.root} with its saved configuration; the settings given now "
                 "are ignored",
                 stacklevel=3,
             )
-        return saved.updated(keep)
+        return saved
     if resume:
         raise ValueError(f"nothing to resume: {folder.root} holds no run (no {FILES['config']})")
     if folder.root.exists() and any(folder.root.iterdir()):
         raise ValueError(f"{folder.root} exists and is not empty: choose a new output folder")
-    if writer:
-        folder.root.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder.path("config"), config.save)
     return config
 
 
 class _Epochs:
-    """Saves the ``-last`` checkpoint and a history line after every epoch of a stage."""
+    """After every epoch of a stage: the ``-last`` checkpoint (unless ``log_only``), then a
+    history line, in that order, so history never runs ahead of what a resume restores."""
 
-    def __init__(self, folder: RunFolder, name: str, extra: dict[str, Any] | None = None):
-        self.folder, self.name, self.extra = folder, name, extra or {}
+    def __init__(self, folder: RunFolder, name: str, *, log_only: bool = False) -> None:
+        self.folder, self.name, self.log_only = folder, name, log_only
 
     def __call__(self, epoch: int, model: nn.Module, optimizer, record: dict[str, Any]) -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            **self.extra,
-        }
-        self.folder.save_checkpoint(f"{self.name}-last", state)
+        if not self.log_only:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+            }
+            self.folder.save_checkpoint(f"{self.name}-last", state)
         self.folder.log_epoch(self.name, epoch, record)
 
 
@@ -247,16 +255,30 @@ def run_pipeline(
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run every stage for ``config``, writing the run folder ``out``; see module docstring."""
-    config.validate()
-    fabric = fabric or make_fabric(config.run)
-    config = prepare_folder(out, config, resume=resume, writer=fabric.is_global_zero)
-    folder = RunFolder(out, writer=fabric.is_global_zero)
-    say = log if (log is not None and fabric.is_global_zero) else (lambda _: None)
-    seed_everything(config.run.seed)
-    if fabric.is_global_zero and not (resume and folder.path("environment").exists()):
-        folder.save_json("environment", environment(config, fabric))
+    config = resolve_config(out, config.validate(), resume=resume)
     data = data if data is not None else load_data(config)
     check_data(data, config)
+    fabric = fabric or make_fabric(config.run)
+    folder = RunFolder(out, writer=fabric.is_global_zero)
+    if config.data.source == IN_MEMORY:
+        config = config.updated(
+            {
+                "data": {
+                    "source": str(folder.path("images").resolve()),
+                    "image_size": data.image_size,
+                    "channels": data.channels,
+                }
+            }
+        )
+    if not resume and folder.writer:
+        folder.root.mkdir(parents=True, exist_ok=True)
+        if config.data.source == str(folder.path("images").resolve()):
+            _save_images(folder, data)
+        atomic_write(folder.path("config"), config.save)
+        folder.save_json("environment", environment(config, fabric))
+    fabric.barrier()
+    say = log if (log is not None and fabric.is_global_zero) else (lambda _: None)
+    seed_everything(config.run.seed)
     say(
         f"data: {data.name}, {len(data)} images, {data.channels} x {data.image_size} px, "
         f"{config.n_clusters} clusters, device {fabric.device}, "
@@ -305,7 +327,14 @@ def run_pipeline(
     knn = folder.load_array("neighbours_knn")
     if neighbours is None or knn is None:
         mined = MINING_METHODS[config.mining.method](
-            MiningInputs(features, strong_features, weak_embeddings, config, device)
+            MiningInputs(
+                features,
+                strong_features,
+                weak_embeddings,
+                config,
+                device,
+                on_epoch_end=_Epochs(folder, "mining-head", log_only=True),
+            )
         )
         neighbours, knn = mined.neighbours, mined.knn
         if mined.head is not None:
@@ -440,6 +469,7 @@ def _stage_clustering(
             fetch,
             nb,
             c,
+            lr=c.frozen_lr if frozen else c.lr,
             epochs=c.epochs,
             seed=config.run.seed,
             fabric=None if frozen else fabric,
@@ -514,6 +544,19 @@ def _embed(
     if isinstance(model.features, nn.Identity):
         return embeddings
     return extract_features(model.features, data, config, fabric).numpy()
+
+
+def _save_images(folder: RunFolder, data: ImageSet) -> None:
+    """Keep images given in memory with the run, so report, export and resume can read them."""
+    images = data.as_tensor()
+    if images is None:
+        images = torch.stack([data[i][0] for i in range(len(data))])
+    arrays = {"images": images.permute(0, 2, 3, 1).squeeze(-1).numpy()}
+    if data.labels is not None:
+        arrays["labels"] = data.labels
+    if data.class_names is not None:
+        arrays["class_names"] = np.array(data.class_names)
+    atomic_write(folder.path("images"), lambda p: np.savez(p.open("wb"), **arrays))
 
 
 def _timings(seconds: dict[str, float], history: list[dict[str, Any]], n: int) -> dict[str, Any]:
@@ -601,24 +644,25 @@ def load_fitted(run: str | Path, device: str | torch.device = "cpu") -> FittedMo
 
 
 def evaluate_run(run: str | Path) -> dict[str, Any]:
-    """Recompute a finished run's metrics from its outputs and the data's labels."""
+    """Recompute a finished run's metrics from its outputs and the labels it recorded."""
     folder = RunFolder(run)
     if not folder.exists():
         raise FileNotFoundError(f"{folder.root} is not a run folder (no {FILES['config']})")
     probabilities = folder.load_array("probabilities")
     if probabilities is None:
         raise ValueError(f"{folder.root} has not finished: run `smcluster fit --resume` first")
-    config = Config.load(folder.path("config"))
-    data = load_data(config)
-    if data.labels is None:
-        raise ValueError(f"the data of {folder.root} ({config.data.source}) has no labels")
+    with folder.path("assignments").open() as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "label" not in rows[0]:
+        raise ValueError(f"the images of {folder.root} had no labels: nothing to evaluate")
+    labels = np.array([int(r["label"]) for r in rows])
     metrics = folder.load_json("metrics") if folder.path("metrics").exists() else {}
-    metrics.update(evaluate(data.labels, probabilities.argmax(axis=1)))
+    metrics.update(evaluate(labels, probabilities.argmax(axis=1)))
     for key in ("neighbours", "neighbours_knn"):
         array = folder.load_array(key)
         if array is not None:
             name = "neighbour_purity" if key == "neighbours" else "neighbour_purity_knn"
-            metrics[name] = neighbour_purity(array, data.labels)
+            metrics[name] = neighbour_purity(array, labels)
     folder.save_json("metrics", metrics)
     return metrics
 

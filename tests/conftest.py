@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from smcluster.api import SMCluster
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,3 +40,12 @@ def shared_data() -> Path:
 def _seed() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> SMCluster:
+    """The demo preset on the embedded digits, exactly as `make demo` runs it."""
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return SMCluster(10, preset="demo", out=out, run__report=False, run__progress=False).fit(
+        "digits"
+    )

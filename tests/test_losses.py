@@ -101,4 +101,4 @@ def test_self_label_loss_uses_only_confident_images() -> None:
 
 def test_self_label_loss_without_confident_images_is_zero() -> None:
     loss, count = self_label_loss(torch.zeros(4, 3), torch.randn(4, 3, requires_grad=True))
-    assert count == 0 and float(loss) == 0.0
+    assert count == 0 and float(loss.detach()) == 0.0

@@ -57,9 +57,10 @@ def load_folder(
 ) -> ImageSet:
     """Load a folder of images (see the module docstring for layout and defaults).
 
-    Ids are the file paths, joined onto ``folder`` as given. ``lazy=None`` chooses by size.
+    Ids are absolute file paths, so a run's report and export work from any working folder.
+    ``lazy=None`` chooses by size.
     """
-    root = os.fspath(folder)
+    root = os.path.abspath(os.fspath(folder))
     if not os.path.isdir(root):
         raise FileNotFoundError(f"no folder at {root}")
     paths, labels, class_names = scan_folder(root)

@@ -17,8 +17,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from smcluster.metrics import matched_confusion  # noqa: E402
 from smcluster.report.embedding import Embedding  # noqa: E402
@@ -52,8 +51,9 @@ def cluster_colours(n: int) -> np.ndarray:
 
 
 def hex_colours(n: int) -> list[str]:
-    return ["#{:02x}{:02x}{:02x}".format(*(np.round(c * 255).astype(int))) for c in
-            cluster_colours(n)]
+    return [
+        "#{:02x}{:02x}{:02x}".format(*(np.round(c * 255).astype(int))) for c in cluster_colours(n)
+    ]
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -75,16 +75,24 @@ def embedding_figure(data: RunData, emb: Embedding, path: Path) -> Path:
     ax.set_title(f"{emb.method} of stage-1 features, by cluster")
     if data.labels is not None:
         labels = data.labels[emb.indices]
-        k = int(data.labels.max()) + 1
+        k = data.n_classes
         ax2 = axes[0, 1]
-        ax2.scatter(emb.xy[:, 0], emb.xy[:, 1], c=cluster_colours(k)[labels], s=size,
-                    linewidths=0)
+        ax2.scatter(emb.xy[:, 0], emb.xy[:, 1], c=cluster_colours(k)[labels], s=size, linewidths=0)
         ax2.set_title("by true class")
         if k <= 20:
-            handles = [plt.Line2D([], [], ls="", marker="o", color=cluster_colours(k)[j],
-                                  label=data.class_name(j)) for j in range(k)]
-            ax2.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5),
-                       frameon=False)
+            handles = [
+                plt.Line2D(
+                    [], [], ls="", marker="o", color=cluster_colours(k)[j], label=data.class_name(j)
+                )
+                for j in range(k)
+            ]
+            ax2.legend(
+                handles=handles,
+                fontsize=7,
+                loc="center left",
+                bbox_to_anchor=(1, 0.5),
+                frameon=False,
+            )
     for a in axes[0]:
         a.set_xticks([])
         a.set_yticks([])
@@ -101,10 +109,16 @@ def sizes_figure(data: RunData, path: Path) -> Path:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw={"width_ratios": [3, 2]})
     order = np.argsort(-sizes, kind="stable")
     colours = cluster_colours(data.n_clusters)[order]
-    ax.bar(np.arange(sizes.size), sizes[order], width=1.0 if sizes.size > 60 else 0.8,
-           color=colours, linewidth=0)
-    ax.axhline(len(data.ids) / data.n_clusters, color="#444", lw=0.8, ls="--",
-               label="N / C (balanced)")
+    if sizes.size <= 60:
+        ax.bar(np.arange(sizes.size), sizes[order], width=0.8, color=colours, linewidth=0)
+    else:  # one polygon instead of a thousand bars
+        ax.fill_between(
+            np.arange(sizes.size), sizes[order], step="mid", color="#4c72b0", linewidth=0
+        )
+        ax.set_xlim(-0.5, sizes.size - 0.5)
+    ax.axhline(
+        len(data.ids) / data.n_clusters, color="#444", lw=0.8, ls="--", label="N / C (balanced)"
+    )
     ax.set_xlabel("clusters, largest first")
     ax.set_ylabel("images")
     ax.legend(frameon=False, fontsize=8)
@@ -126,13 +140,19 @@ def confusion_figure(data: RunData, path: Path) -> Path | None:
         return None
     matrix = matched_confusion(data.labels, data.clusters).astype(np.float64)
     classes = np.unique(data.labels)
-    share = matrix / np.maximum(np.bincount(np.searchsorted(classes, data.labels),
-                                            minlength=classes.size), 1)[:, None]
+    class_sizes = np.bincount(np.searchsorted(classes, data.labels), minlength=classes.size)
+    share = matrix / np.maximum(class_sizes, 1)[:, None]
     k = classes.size
     side = 5.5 if k <= 30 else 7.5
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
-    im = ax.imshow(share, cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
-                   if k <= 200 else "antialiased", aspect="equal")
+    im = ax.imshow(
+        share,
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        interpolation="nearest" if k <= 200 else "antialiased",
+        aspect="equal",
+    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the class")
     names = [data.class_name(int(c)) for c in classes]
     if k <= 30:
@@ -141,8 +161,15 @@ def confusion_figure(data: RunData, path: Path) -> Path | None:
     if k <= 15:
         for (i, j), v in np.ndenumerate(matrix):
             if v:
-                ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=6,
-                        color="white" if share[i, j] < 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(v)}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if share[i, j] < 0.6 else "black",
+                )
     acc = np.trace(matrix) / len(data.labels)
     ax.set_xlabel("cluster (matched to class)")
     ax.set_ylabel("true class")
@@ -151,21 +178,43 @@ def confusion_figure(data: RunData, path: Path) -> Path | None:
 
 
 def curves_figure(data: RunData, path: Path) -> Path | None:
-    """Loss (and other logged losses) per epoch, one panel per stage, from history.jsonl."""
+    """Loss per epoch, one panel per stage, from history.jsonl; logged loss components (e.g.
+    SCAN's consistency and entropy) get a panel of their own, as their scale differs."""
     stages = [s for s in dict.fromkeys(r.get("stage") for r in data.history) if s]
     if not stages:
         return None
-    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.2), squeeze=False)
-    for ax, stage in zip(axes[0], stages, strict=True):
+    panels: list[tuple[str, list[dict[str, Any]], list[str]]] = []
+    for stage in stages:
         rows = [r for r in data.history if r.get("stage") == stage]
+        keys = curve_keys(rows)
+        title = STAGE_TITLES.get(stage, stage)
+        if "loss" in keys:
+            panels.append((title, rows, ["loss"]))
+        others = [k for k in keys if k != "loss"]
+        if others:
+            panels.append((f"{title}: components", rows, others))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.1), squeeze=False)
+    for ax, (title, rows, keys) in zip(axes[0], panels, strict=True):
         epochs = [r.get("epoch", i) for i, r in enumerate(rows)]
-        for key in curve_keys(rows):
-            ax.plot(epochs, [r.get(key, np.nan) for r in rows], marker="o" if len(rows) < 15
-                    else None, ms=3, label=key)
-        ax.set_title(STAGE_TITLES.get(stage, stage), fontsize=10)
+        for key in keys:
+            ax.plot(
+                epochs,
+                [r.get(key, np.nan) for r in rows],
+                marker="o" if len(rows) < 15 else None,
+                ms=3,
+                label=key,
+            )
+        ax.set_title(title, fontsize=9.5)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.spines[["top", "right"]].set_visible(False)
-        ax.legend(frameon=False, fontsize=7)
+        if len(keys) > 1 or keys[0] != "loss":
+            ax.legend(frameon=False, fontsize=7)
+        else:
+            ax.set_ylabel("loss")
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -175,56 +224,80 @@ def curve_keys(rows: list[dict[str, Any]]) -> list[str]:
     keys: list[str] = []
     for row in rows:
         for key, value in row.items():
-            if key not in skip and key not in keys and isinstance(value, (int, float)) and (
-                "loss" in key or "entropy" in key or "consistency" in key or "acc" in key
+            if (
+                key not in skip
+                and key not in keys
+                and isinstance(value, (int, float))
+                and ("loss" in key or "entropy" in key or "consistency" in key or "acc" in key)
             ):
                 keys.append(key)
     return sorted(keys, key=lambda k: (k != "loss", k))
 
 
 def neighbours_figure(data: RunData, anchors: np.ndarray, shown: int, path: Path) -> Path | None:
-    """Anchors with their plain kNN and their used neighbours; wrong-class ones outlined red."""
+    """Anchors with their plain kNN and their used neighbours; wrong-class ones outlined red.
+
+    The grid is composed as one image (a single ``imshow``), which keeps it fast for any
+    number of anchors.
+    """
     from smcluster.report.sprites import tiles
 
-    if data.images is None or data.neighbours is None or data.neighbours_knn is None or \
-            anchors.size == 0:
+    if (
+        data.images is None
+        or data.neighbours is None
+        or data.neighbours_knn is None
+        or anchors.size == 0
+    ):
         return None
     knn = np.asarray(data.neighbours_knn[anchors, :shown])
     used = np.asarray(data.neighbours[anchors, :shown])
-    k = knn.shape[1]
-    cols = 1 + k + 1 + used.shape[1]
-    rows = anchors.size
-    cell = 0.62
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell, rows * cell * 1.12 + 0.5),
-                             squeeze=False)
-    grey = ListedColormap(plt.get_cmap("gray")(np.linspace(0, 1, 256)))
+    k, u = knn.shape[1], used.shape[1]
+    order = np.concatenate([anchors[:, None], knn, used], axis=1)
+    pics = tiles(data.images, order.reshape(-1))
+    t = pics.shape[1]
+    scale = max(1, 48 // t)
+    side = t * scale
+    border = max(2, side // 16)
+    cell = side + 2 * border
+    gap = cell // 2
+    colours = {
+        "anchor": (30, 35, 48),
+        "right": (44, 160, 44),
+        "wrong": (214, 39, 40),
+        "plain": (255, 255, 255),
+    }
+    width = cell * (1 + k + u) + 2 * gap
+    canvas = np.full((anchors.size * (cell + 4), width, 3), 255, dtype=np.uint8)
     for r, anchor in enumerate(anchors):
-        row = [int(anchor), *knn[r].tolist(), -1, *used[r].tolist()]
-        pics = tiles(data.images, np.asarray([i for i in row if i >= 0]))
-        p = 0
-        for c, index in enumerate(row):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if index < 0:
-                continue
-            pic = pics[p]
-            p += 1
-            ax.imshow(pic[..., 0] if pic.shape[-1] == 1 else pic, cmap=grey, vmin=0, vmax=255)
-            if c > 0 and data.labels is not None:
-                ok = data.labels[index] == data.labels[anchor]
-                ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False,
-                                       lw=2.5 if not ok else 0.8, ec=WRONG if not ok else RIGHT))
-            elif c == 0:
-                ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, lw=2,
-                                       ec="black"))
-    axes[0, 0].set_title("anchor", fontsize=8)
-    axes[0, 1 + k // 2].set_title("plain kNN", fontsize=8)
-    axes[0, 2 + k + used.shape[1] // 2].set_title(
-        f"used ({data.config.mining.method})", fontsize=8)
-    fig.subplots_adjust(wspace=0.06, hspace=0.06)
+        for c, index in enumerate(order[r]):
+            pic = pics[r * order.shape[1] + c]
+            pic = np.repeat(np.repeat(pic, scale, axis=0), scale, axis=1)
+            if pic.shape[-1] == 1:
+                pic = np.repeat(pic, 3, axis=2)
+            if c == 0:
+                kind = "anchor"
+            elif data.labels is None:
+                kind = "plain"
+            else:
+                kind = "right" if data.labels[index] == data.labels[anchor] else "wrong"
+            x = c * cell + (gap if c >= 1 else 0) + (gap if c >= 1 + k else 0)
+            y = r * (cell + 4)
+            canvas[y : y + cell, x : x + cell] = colours[kind]
+            canvas[y + border : y + border + side, x + border : x + border + side] = pic
+    fig_w = width / 60
+    fig, ax = plt.subplots(figsize=(fig_w, canvas.shape[0] / 60 + 0.45))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    top = -6
+    ax.text(cell / 2, top, "anchor", ha="center", fontsize=8)
+    ax.text(cell + gap + k * cell / 2, top, "plain kNN", ha="center", fontsize=8)
+    ax.text(
+        cell * (1 + k) + 2 * gap + u * cell / 2,
+        top,
+        f"used ({data.config.mining.method})",
+        ha="center",
+        fontsize=8,
+    )
     return _save(fig, path)
 
 

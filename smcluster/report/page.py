@@ -6,9 +6,10 @@ sorting, filtering and paging 1,000 clusters stay instant: only one page of clus
 (and their sprite sheets) is in the document at a time.
 
 When the script has drawn the page it marks ``<body>``: ``data-ready="1"``, and
-``data-images`` becomes ``"decoded"`` once every sprite sheet of the visible page has decoded
-(``"failed"`` if one did not, ``"none"`` without images); ``data-errors`` counts script
-errors. Tests read these from a headless browser's DOM.
+``data-images`` becomes ``"decoded"`` once every sprite sheet of the visible page has loaded
+and its header decoded to a non-empty image (``"failed"`` if one did not, ``"none"`` without
+images; ``data-images-decoded`` counts the good ones); ``data-errors`` counts script errors.
+Tests read these from a headless browser's DOM.
 """
 
 from __future__ import annotations
@@ -56,8 +57,7 @@ def render(parts: dict[str, str], data: dict[str, Any]) -> str:
     page = TEMPLATE
     for key, value in parts.items():
         page = page.replace(f"%%{key}%%", value)
-    return page.replace("%%CSS%%", CSS).replace("%%JS%%", JS).replace(
-        "%%DATA%%", script_json(data))
+    return page.replace("%%CSS%%", CSS).replace("%%JS%%", JS).replace("%%DATA%%", script_json(data))
 
 
 TEMPLATE = """<!DOCTYPE html>
@@ -113,8 +113,8 @@ window.addEventListener("error", function (e) {
 %%NEIGHBOURS%%
 %%CONFUSION%%
 %%CURVES%%
-<footer>Written by smcluster from <code>%%RUNPATH%%</code>. Static figures for papers are in
-<code>report/figures/</code>.</footer>
+<footer>Written by smcluster from the run folder <code>%%RUNPATH%%</code> %%REPORTTIME%%.
+Static figures for papers are in <code>report/figures/</code>.</footer>
 </main>
 <div id="modal" class="modal" hidden>
   <div class="sheet" role="dialog" aria-modal="true">
@@ -143,11 +143,13 @@ header.top { position:sticky; top:0; z-index:20; background:rgba(255,255,255,.96
 .brand { font-weight:700; font-size:16px; white-space:nowrap; }
 .brand .logo { color:var(--accent); }
 .brand .run { font-weight:400; color:var(--muted); margin-left:8px; font-size:13px; }
-.keys { display:flex; flex-wrap:wrap; gap:4px 18px; }
+.keys { display:flex; flex-wrap:wrap; gap:4px 16px; min-width:0; }
+.key { white-space:nowrap; }
 .key { display:flex; flex-direction:column; line-height:1.15; }
 .key b { font-size:16px; font-variant-numeric:tabular-nums; }
 .key span { font-size:11px; color:var(--muted); text-transform:uppercase; letter-spacing:.04em; }
-nav { margin-left:auto; display:flex; gap:14px; }
+nav { margin-left:auto; display:flex; gap:12px; }
+@media (min-width:1100px) { header.top, .keys { flex-wrap:nowrap; } }
 nav a { color:var(--accent); text-decoration:none; font-size:13px; }
 nav a:hover { text-decoration:underline; }
 main { max-width:1320px; margin:0 auto; padding:8px 24px 40px; }
@@ -159,13 +161,20 @@ h3 { font-size:14px; margin:0 0 8px; color:var(--muted); text-transform:uppercas
 .panel { background:var(--card); border:1px solid var(--line); border-radius:10px;
   padding:14px 16px; }
 .panel.wide { grid-column:1/-1; }
-table.kv { border-collapse:collapse; width:100%; }
-table.kv th { text-align:left; font-weight:500; color:var(--muted); padding:2px 12px 2px 0;
-  white-space:nowrap; vertical-align:top; }
-table.kv td { padding:2px 0; font-variant-numeric:tabular-nums; word-break:break-word; }
-table.heads { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums; }
-table.heads th, table.heads td { padding:3px 8px; text-align:right; border-bottom:1px solid
+table.kv { border-collapse:collapse; }
+table.kv th { text-align:left; font-weight:500; color:var(--muted); padding:2px 16px 2px 0;
+  vertical-align:top; }
+table.kv td { padding:2px 0; font-variant-numeric:tabular-nums; overflow-wrap:anywhere; }
+table.num { width:100%; }
+table.num td { text-align:right; white-space:nowrap; }
+.panel.span2 { grid-column:span 2; }
+@media (max-width:700px) { .panel.span2 { grid-column:auto; } }
+.panel .scroll { overflow-x:auto; }
+table.heads { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums;
+  font-size:13px; }
+table.heads th, table.heads td { padding:2px 8px; text-align:right; border-bottom:1px solid
   var(--line); }
+table.heads th { color:var(--muted); font-weight:500; }
 table.heads tr.best td { font-weight:700; background:#eef2ff; }
 details.settings summary { cursor:pointer; color:var(--accent); }
 .settings-grid { display:grid; grid-template-columns:repeat(auto-fit,minmax(230px,1fr));
@@ -188,7 +197,7 @@ figcaption { color:var(--muted); font-size:12.5px; margin-top:6px; text-align:le
 .toolbar button { cursor:pointer; }
 .toolbar button:disabled { opacity:.4; cursor:default; }
 .pager { margin-left:auto; display:flex; gap:8px; align-items:center; }
-.grid { display:grid; grid-template-columns:repeat(auto-fill,minmax(270px,1fr)); gap:12px; }
+.grid { display:grid; grid-template-columns:repeat(auto-fill,minmax(280px,1fr)); gap:12px; }
 .card { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:10px;
   cursor:pointer; transition:box-shadow .15s,border-color .15s; }
 .card:hover { border-color:#b9c4e8; box-shadow:0 2px 10px rgba(30,50,120,.12); }
@@ -203,11 +212,13 @@ figcaption { color:var(--muted); font-size:12.5px; margin-top:6px; text-align:le
   background-image:var(--img); background-repeat:no-repeat;
   background-size:calc(var(--cols) * var(--tile)) calc(var(--rows) * var(--tile));
   background-position:calc(var(--x) * -1 * var(--tile)) calc(var(--y) * -1 * var(--tile));
-  image-rendering:pixelated; border-radius:3px; box-shadow:inset 0 0 0 1px rgba(0,0,0,.06); }
+  image-rendering:auto; border-radius:3px; box-shadow:inset 0 0 0 1px rgba(0,0,0,.06); }
 .t.bad { outline:2px solid var(--bad); outline-offset:-2px; }
 .t.low { opacity:.9; }
 .gap { color:var(--muted); padding:0 2px; font-size:12px; }
-.least { font-size:11px; color:var(--muted); width:100%; margin-top:2px; }
+.lowrow { display:flex; align-items:center; gap:6px; margin-top:6px; padding-top:5px;
+  border-top:1px dashed var(--line); }
+.lowrow > span { font-size:11px; color:var(--muted); line-height:1.2; width:62px; }
 .empty { color:var(--muted); font-style:italic; }
 .modal { position:fixed; inset:0; background:rgba(15,20,35,.55); z-index:50; display:flex;
   align-items:flex-start; justify-content:center; padding:40px 16px; overflow:auto; }
@@ -219,8 +230,8 @@ figcaption { color:var(--muted); font-size:12.5px; margin-top:6px; text-align:le
 .sheet .tiles { gap:4px; }
 .compo { display:flex; flex-wrap:wrap; gap:6px; margin:6px 0 10px; }
 .compo span { background:#eef2ff; border-radius:12px; padding:1px 9px; font-size:12.5px; }
-.emb { display:grid; grid-template-columns:minmax(0,1fr) 240px; gap:14px; }
-.emb canvas { width:100%; aspect-ratio:1/1; max-height:760px; background:#fff;
+.emb { display:grid; grid-template-columns:minmax(0,760px) minmax(200px,1fr); gap:18px; }
+.emb canvas { width:100%; aspect-ratio:1/1; background:#fff;
   border:1px solid var(--line); border-radius:10px; cursor:crosshair; }
 .emb .side { font-size:13px; }
 .legend { display:grid; grid-template-columns:1fr 1fr; gap:2px 8px; margin-top:8px;
@@ -288,7 +299,7 @@ function memberInfo(c, j) {
 
 // ---- cluster gallery -------------------------------------------------------
 const keyOf = {
-  size: (c) => c.n, conf: (c) => c.conf, id: (c) => -c.c,
+  size: (c) => c.n, conf: (c) => (c.conf === null ? -1 : c.conf), id: (c) => c.c,
   purity: (c) => (c.pur === null ? -1 : c.pur),
 };
 function ordered() {
@@ -313,7 +324,7 @@ function card(c) {
   const st = el("div", "stats");
   st.append("conf " + fmt(c.conf, 2));
   if (c.maj !== null) {
-    st.append(" · ");
+    st.append(" · class ");
     st.append(el("span", "cls", c.maj));
     st.append(" · purity " + fmt(c.pur, 2));
   }
@@ -327,16 +338,17 @@ function card(c) {
     const first = Math.min(k, D.preview);
     const rest = Math.max(0, Math.min(D.least, k - first));
     for (let j = 0; j < first; j++) tiles.append(tile(c.sheet, j, memberInfo(c, j)));
+    d.append(tiles);
     if (rest > 0) {
-      tiles.append(el("span", "gap", "…"));
-      for (let j = k - rest; j < k; j++) {
-        const t = tile(c.sheet, j, memberInfo(c, j));
-        t.classList.add("low");
-        tiles.append(t);
-      }
+      const low = el("div", "lowrow");
+      const lt = el("div", "tiles");
+      sheetBox(lt, c.sheet);
+      for (let j = k - rest; j < k; j++) lt.append(tile(c.sheet, j, memberInfo(c, j)));
+      low.append(el("span", "", "least confident"), lt);
+      d.append(low);
     }
   }
-  d.append(tiles);
+  if (!c.sheet) d.append(tiles);
   d.addEventListener("click", () => openCluster(c.c));
   return d;
 }
@@ -346,8 +358,7 @@ function waitImages(files) {
   body.dataset.images = "pending";
   const jobs = unique.map((f) => new Promise((resolve) => {
     const im = new Image();
-    im.onload = () => (im.decode ? im.decode().then(() => resolve(true), () => resolve(false))
-      : resolve(true));
+    im.onload = () => resolve(im.naturalWidth > 0);
     im.onerror = () => resolve(false);
     im.src = f;
   }));
@@ -376,13 +387,19 @@ function draw() {
   if (D.neighbours) files.push(D.neighbours.sheet.file);
   waitImages(files);
 }
-$("sort").addEventListener("change", (e) => { state.sort = e.target.value; state.page = 0; draw(); });
-$("order").addEventListener("click", () => { state.desc = !state.desc; state.page = 0; draw(); });
-$("filter").addEventListener("input", (e) => { state.filter = e.target.value; state.page = 0; draw(); });
-$("pagesize").addEventListener("change", (e) => { state.size = +e.target.value; state.page = 0; draw(); });
+function restart() { state.page = 0; draw(); }
+$("sort").addEventListener("change", (e) => {
+  state.sort = e.target.value;
+  state.desc = state.sort !== "id";
+  restart();
+});
+$("order").addEventListener("click", () => { state.desc = !state.desc; restart(); });
+$("filter").addEventListener("input", (e) => { state.filter = e.target.value; restart(); });
+$("pagesize").addEventListener("change", (e) => { state.size = +e.target.value; restart(); });
 $("prev").addEventListener("click", () => { state.page--; draw(); });
 $("next").addEventListener("click", () => { state.page++; draw(); });
 state.size = +$("pagesize").value;
+if (!D.classes.length) $("sort").querySelector('option[value="purity"]').remove();
 
 // ---- one cluster, all shown members -----------------------------------------
 const byId = new Map(D.clusters.map((c) => [c.c, c]));
@@ -512,9 +529,14 @@ function drawEmbedding() {
     if (focus !== E.c[i]) { focus = E.c[i]; paint(); }
   });
   canvas.addEventListener("mouseleave", () => { tip.hidden = true; focus = null; paint(); });
-  canvas.addEventListener("click", (ev) => { const i = nearest(ev); if (i >= 0) openCluster(E.c[i]); });
+  canvas.addEventListener("click", (ev) => {
+    const i = nearest(ev);
+    if (i >= 0) openCluster(E.c[i]);
+  });
   const pick = $("colourby");
-  if (pick) pick.addEventListener("change", (e) => { colourBy = e.target.value; paint(); legend(); });
+  if (pick) {
+    pick.addEventListener("change", (e) => { colourBy = e.target.value; paint(); legend(); });
+  }
   function legend() {
     const box = $("emblegend");
     if (!box) return;

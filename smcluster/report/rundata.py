@@ -75,6 +75,13 @@ class RunData:
             return self.images.name
         return Path(str(self.config.data.source)).name or str(self.config.data.source)
 
+    @property
+    def n_classes(self) -> int:
+        """Known classes: the class names, or the largest label + 1; 0 without labels."""
+        if self.labels is None:
+            return 0
+        return max(int(self.labels.max()) + 1, len(self.class_names or []))
+
     def class_name(self, label: int) -> str:
         """A readable name for class ``label`` (its index when the data has no names)."""
         if self.class_names is not None and 0 <= label < len(self.class_names):
@@ -89,7 +96,7 @@ class RunData:
         mean_conf = np.divide(conf_sum, np.maximum(sizes, 1))
         if self.labels is None:
             return ClusterStats(sizes, mean_conf)
-        k = int(self.labels.max()) + 1
+        k = self.n_classes
         table = np.bincount(self.clusters * k + self.labels, minlength=c * k).reshape(c, k)
         majority = table.argmax(axis=1)
         purity = table[np.arange(c), majority] / np.maximum(sizes, 1)
@@ -136,8 +143,11 @@ def load_run(run: str | Path, *, images: bool = True) -> RunData:
         labels=labels,
         n_clusters=n_clusters,
     )
-    for name, attr in ((FEATURES, "features"), (NEIGHBOURS, "neighbours"),
-                       (NEIGHBOURS_KNN, "neighbours_knn")):
+    for name, attr in (
+        (FEATURES, "features"),
+        (NEIGHBOURS, "neighbours"),
+        (NEIGHBOURS_KNN, "neighbours_knn"),
+    ):
         array = _load_array(root / name, mmap=True)
         if array is not None and array.shape[0] != len(ids):
             data.notes.append(f"{name} has {array.shape[0]} rows for {len(ids)} images: ignored")

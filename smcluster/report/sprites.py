@@ -58,8 +58,9 @@ def tiles(images: ImageSet, indices: np.ndarray, size: int | None = None) -> np.
 def _resize(batch: torch.Tensor, size: int) -> torch.Tensor:
     if batch.shape[-1] == size:
         return batch
-    x = torch.nn.functional.interpolate(batch.float(), size=(size, size), mode="bilinear",
-                                        antialias=True, align_corners=False)
+    x = torch.nn.functional.interpolate(
+        batch.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -76,7 +77,7 @@ def grid(tile_array: np.ndarray, cols: int, pad_value: int = 255) -> np.ndarray:
 def save_png(array: np.ndarray, path: Path) -> None:
     """Save an H x W x C uint8 array (C = 1 grey, 3 RGB) as PNG, favouring speed."""
     image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    image.save(path, format="PNG", compress_level=4)
+    image.save(path, format="PNG", compress_level=1)
 
 
 def write_sheets(

@@ -51,6 +51,7 @@ def train_scan(
     neighbours: Tensor,
     config: ClusteringConfig,
     *,
+    lr: float,
     epochs: int,
     seed: int,
     fabric: Fabric | None = None,
@@ -61,13 +62,16 @@ def train_scan(
 ) -> nn.Module:
     """Minimise the SCAN loss of every head (summed) with Adam; returns the unwrapped model.
 
+    ``lr`` is ``config.lr`` (SCAN's 1e-4) when a backbone is trained with the heads and
+    ``config.frozen_lr`` for heads alone on stored features.
+
     ``fetch(indices)`` returns the model input for those images (already augmented, on the
     model's device). With a ``fabric`` of several processes, each process trains on its share
     of every batch and gradients are averaged.
     """
     n = len(neighbours)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
     start_epoch = 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -107,7 +111,11 @@ def train_scan(
             optimizer.step()
             heads = len(total)
             totals += torch.tensor(
-                [float(loss.detach()) / heads, float(consistency.mean()), float(spread.mean())]
+                [
+                    float(loss.detach()) / heads,
+                    float(consistency.detach().mean()),
+                    float(spread.detach().mean()),
+                ]
             )
             bar.set_postfix(loss=f"{float(loss.detach()) / heads:.4f}")
         elapsed = time.perf_counter() - started

@@ -19,6 +19,7 @@ from smcluster.config import Config
 from smcluster.models import ClusterHeads
 from smcluster.stages.clustering import (
     ClusteringModel,
+    EpochCallback,
     embedding_fetch,
     head_losses,
     head_probabilities,
@@ -41,6 +42,7 @@ class MiningInputs:
     weak_embeddings: Callable[[], Tensor]
     config: Config
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    on_epoch_end: EpochCallback | None = None
 
 
 @dataclass
@@ -64,7 +66,11 @@ def mine_plain(inputs: MiningInputs) -> MiningResult:
 
 
 def warm_up_head(
-    weak_embeddings: Tensor, candidates: np.ndarray, config: Config, device: torch.device
+    weak_embeddings: Tensor,
+    candidates: np.ndarray,
+    config: Config,
+    device: torch.device,
+    on_epoch_end: EpochCallback | None = None,
 ) -> tuple[ClusterHeads, Tensor]:
     """The weak-view head Phi_c (METHOD.md, Stage 2 Decision) and its weak-view predictions.
 
@@ -80,9 +86,11 @@ def warm_up_head(
         embedding_fetch(weak_embeddings, device),
         neighbours,
         c,
+        lr=c.frozen_lr,
         epochs=config.mining.warmup_epochs,
         seed=config.run.seed,
         stage="mining-head",
+        on_epoch_end=on_epoch_end,
         progress=config.run.progress,
     )
     probs = head_probabilities(heads, weak_embeddings[0])
@@ -95,7 +103,9 @@ def mine_three_view(inputs: MiningInputs) -> MiningResult:
     q = inputs.config.mining.q
     instance = _search(inputs, 4 * q)
     strong = filter_by_strong_view(instance, inputs.features, inputs.strong_features(), 2 * q)
-    heads, weak_probs = warm_up_head(inputs.weak_embeddings(), strong, inputs.config, inputs.device)
+    heads, weak_probs = warm_up_head(
+        inputs.weak_embeddings(), strong, inputs.config, inputs.device, inputs.on_epoch_end
+    )
     final = filter_by_agreement(strong, weak_probs.numpy(), q, score=inputs.config.mining.agreement)
     return MiningResult(
         neighbours=final,
