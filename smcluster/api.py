@@ -112,10 +112,19 @@ class SMCluster:
             overrides=settings_from_kwargs(self.settings),
         )
 
-    def fit(self, X: Any, y: Any = None, *, resume: bool = False) -> SMCluster:
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        resume: bool = False,
+        features_from: str | Path | None = None,
+    ) -> SMCluster:
         """Cluster ``X`` (ImageSet, source string, or uint8 array N x H x W [x C]).
 
         ``y`` (optional true labels) is used only to report metrics, never in training.
+        ``resume`` continues an interrupted run in ``out``; ``features_from`` reuses the
+        stage 1 of an earlier run with the same settings.
         """
         config = self.get_config()
         data = as_imageset(X, y, config)
@@ -128,7 +137,7 @@ class SMCluster:
         )
         if self.out is None:
             out = out / "run"
-        result = run_pipeline(config, out, resume=resume, data=data)
+        result = run_pipeline(config, out, resume=resume, data=data, features_from=features_from)
         self.labels_ = result.labels
         self.probabilities_ = result.probabilities
         self.metrics_ = result.metrics

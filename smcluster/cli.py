@@ -80,7 +80,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     out = (
         args.out or Path("runs") / f"{Path(config.data.source).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     )
-    result = run_pipeline(config, out, resume=args.resume, log=_log)
+    result = run_pipeline(
+        config, out, resume=args.resume, log=_log, features_from=args.features_from
+    )
     if result.folder.writer:
         _print_metrics(result.metrics, result.folder.root)
         if result.config.run.report:
@@ -183,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the interrupted run in --out from its last saved epoch",
+    )
+    fit.add_argument(
+        "--features-from",
+        type=Path,
+        metavar="RUN",
+        help="reuse the finished stage 1 of RUN (same data, feature settings, seed)",
     )
     fit.add_argument("--feature-model", choices=["paper", "simclr"])
     fit.add_argument("--mining", choices=["three-view", "knn"])

@@ -74,7 +74,7 @@ class MiningConfig:
     q: int = 20
     warmup_epochs: int = 5
     agreement: str = "dot"
-    backend: str = "faiss"
+    backend: str = "auto"
 
 
 @dataclass
@@ -159,7 +159,7 @@ class Config:
     def validate(self) -> Config:
         """Check every setting before work starts; raise ValueError naming the bad one."""
         from smcluster.stages.features import FEATURE_MODELS, MINING_FEATURES
-        from smcluster.stages.mining import MINING_METHODS
+        from smcluster.stages.mining import BACKEND_CHOICES, MINING_METHODS
         from smcluster.stages.neighbours import SCORERS
 
         checks: list[tuple[bool, str]] = [
@@ -188,6 +188,7 @@ class Config:
             (self.features.queue_length >= 1, "features.queue_length must be >= 1"),
             _one_of("mining.method", self.mining.method, MINING_METHODS),
             _one_of("mining.agreement", self.mining.agreement, SCORERS),
+            _one_of("mining.backend", self.mining.backend, BACKEND_CHOICES),
             (self.mining.q >= 1, f"mining.q must be >= 1, got {self.mining.q}"),
             (self.clustering.heads >= 1, "clustering.heads must be >= 1"),
             (self.clustering.epochs >= 1, "clustering.epochs must be >= 1"),

@@ -154,14 +154,25 @@ def knn_accuracy(neighbours: np.ndarray, labels: np.ndarray) -> float:
     return correct / n
 
 
-def evaluate(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+def evaluate(
+    y_true: np.ndarray, y_pred: np.ndarray, neighbours: np.ndarray | None = None
+) -> dict[str, float]:
     """All clustering scores of METHOD.md, Evaluation, as fractions in [0, 1] (ARI can be < 0).
 
     Keys: acc, nmi, ari, weighted_precision, weighted_recall, weighted_f. NMI uses
-    scikit-learn's default (arithmetic-mean) normalisation.
+    scikit-learn's default (arithmetic-mean) normalisation. With ``neighbours`` (N x k, each
+    image's mined neighbours, itself excluded) also the intermediate diagnostics
+    ``neighbour_purity`` and ``knn_accuracy``.
     """
     t, p = _check_pair(y_true, y_pred)
     wp, wr, wf = weighted_precision_recall_f(t, p)
+    extra: dict[str, float] = {}
+    if neighbours is not None:
+        hits = np.asarray(neighbours)
+        extra = {
+            "neighbour_purity": float((t[hits] == t[:, None]).mean()),
+            "knn_accuracy": knn_accuracy(hits, t),
+        }
     return {
         "acc": cluster_accuracy(t, p),
         "nmi": float(normalized_mutual_info_score(t, p)),
@@ -169,6 +180,7 @@ def evaluate(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         "weighted_precision": wp,
         "weighted_recall": wr,
         "weighted_f": wf,
+        **extra,
     }
 
 

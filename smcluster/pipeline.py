@@ -253,8 +253,13 @@ def run_pipeline(
     data: ImageSet | None = None,
     fabric: Fabric | None = None,
     log: Callable[[str], None] | None = None,
+    features_from: str | Path | None = None,
 ) -> RunResult:
-    """Run every stage for ``config``, writing the run folder ``out``; see module docstring."""
+    """Run every stage for ``config``, writing the run folder ``out``; see module docstring.
+
+    ``features_from`` names a finished run with the same data, augmentation, feature and seed
+    settings whose stage 1 is reused, so variants of stages 2 and 3 share one feature model.
+    """
     config = resolve_config(out, config.validate(), resume=resume)
     data = data if data is not None else load_data(config)
     check_data(data, config)
@@ -276,6 +281,8 @@ def run_pipeline(
             _save_images(folder, data)
         atomic_write(folder.path("config"), config.save)
         folder.save_json("environment", environment(config, fabric))
+        if features_from is not None:
+            reuse_features(RunFolder(features_from), folder, config)
     fabric.barrier()
     say = log if (log is not None and fabric.is_global_zero) else (lambda _: None)
     seed_everything(config.run.seed)
@@ -402,6 +409,29 @@ def run_pipeline(
     folder.save_json("metrics", metrics)
     _write_assignments(folder, data, labels, kept.max(axis=1))
     return RunResult(folder, config, labels, kept, metrics, timings)
+
+
+def reuse_features(source: RunFolder, target: RunFolder, config: Config) -> None:
+    """Copy a finished stage 1 (checkpoint, arrays, history) from ``source`` into ``target``."""
+    if not source.checkpoint_path("features").exists() or not source.path("features").exists():
+        raise ValueError(f"{source.root} has no finished stage 1 to reuse")
+    saved = Config.load(source.path("config"))
+    for section in ("data", "augment", "features"):
+        if getattr(saved, section) != getattr(config, section):
+            raise ValueError(
+                f"cannot reuse the features of {source.root}: its {section} settings differ"
+            )
+    if saved.run.seed != config.run.seed:
+        raise ValueError(f"cannot reuse the features of {source.root}: its seed differs")
+    for key in ("features", "embeddings"):
+        target.save_array(key, source.load_array(key))
+    checkpoint = source.load_checkpoint("features")
+    target.save_checkpoint("features", checkpoint)
+    for row in source.history():
+        if row["stage"] == "features":
+            target.log_epoch(
+                "features", row.pop("epoch"), {k: v for k, v in row.items() if k != "stage"}
+            )
 
 
 def _stage_features(

@@ -178,3 +178,12 @@ def test_metrics_on_real_labels(shared_data: Path) -> None:
     assert scores["acc"] == pytest.approx(0.82, abs=0.01)
     assert scores["weighted_precision"] == pytest.approx(scores["acc"], abs=0.01)
     assert 0.0 < scores["ari"] < scores["acc"]
+
+
+def test_evaluate_adds_neighbour_diagnostics() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    neighbours = np.array([[1, 3], [0, 2], [1, 0], [4, 5], [3, 0], [4, 3]])
+    scores = evaluate(labels, labels, neighbours)
+    assert scores["acc"] == 1.0
+    assert scores["neighbour_purity"] == pytest.approx(10 / 12)
+    assert scores["knn_accuracy"] == pytest.approx(1.0)

@@ -194,3 +194,27 @@ def test_two_processes_on_cpu(tmp_path) -> None:
     assert json.loads((out / "environment.json").read_text())["world_size"] == 2
     assert 0.0 <= json.loads((out / "metrics.json").read_text())["acc"] <= 1.0
     assert yaml.safe_load((out / "config.yaml").read_text())["run"]["devices"] == 2
+
+
+def test_variants_reuse_one_feature_model(demo_run: SMCluster, tmp_path) -> None:
+    """Plain kNN mining on the demo's stage 1: no feature training, same features."""
+    variant = SMCluster(
+        10,
+        preset="demo",
+        out=tmp_path / "knn",
+        mining__method="knn",
+        run__report=False,
+        run__progress=False,
+    )
+    variant.fit("digits", features_from=demo_run.run_dir_)
+    run = Path(variant.run_dir_)
+    assert np.array_equal(
+        np.load(run / "features.npy"), np.load(Path(demo_run.run_dir_) / "features.npy")
+    )
+    assert variant.metrics_["neighbour_purity"] == pytest.approx(
+        demo_run.metrics_["neighbour_purity_knn"]
+    )
+    assert variant.metrics_["acc"] > 0.8
+    other = SMCluster(10, preset="demo", out=tmp_path / "other", features__epochs=1)
+    with pytest.raises(ValueError, match="features settings differ"):
+        other.fit("digits", features_from=demo_run.run_dir_)

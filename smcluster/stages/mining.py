@@ -56,7 +56,12 @@ class MiningResult:
 
 
 def _search(inputs: MiningInputs, k: int) -> np.ndarray:
-    return knn_search(inputs.features, k, backend=inputs.config.mining.backend)[0]
+    backend = BACKEND_CHOICES[inputs.config.mining.backend]
+    return knn_search(inputs.features, k, backend=backend, device=inputs.device)[0]
+
+
+# "auto": faiss on the CPU, a chunked torch top-k on a GPU (faiss-cpu has no GPU build).
+BACKEND_CHOICES: dict[str, str | None] = {"auto": None, "faiss": "faiss", "torch": "torch"}
 
 
 def mine_plain(inputs: MiningInputs) -> MiningResult:
