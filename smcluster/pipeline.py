@@ -265,19 +265,17 @@ def run_pipeline(
     check_data(data, config)
     fabric = fabric or make_fabric(config.run)
     folder = RunFolder(out, writer=fabric.is_global_zero)
-    if config.data.source == IN_MEMORY:
-        config = config.updated(
-            {
-                "data": {
-                    "source": str(folder.path("images").resolve()),
-                    "image_size": data.image_size,
-                    "channels": data.channels,
-                }
-            }
-        )
+    in_memory = config.data.source == IN_MEMORY
+    if in_memory:
+        stored = {
+            "source": str(folder.path("images").resolve()),
+            "image_size": data.image_size,
+            "channels": data.channels,
+        }
+        config = config.updated({"data": stored})
     if not resume and folder.writer:
         folder.root.mkdir(parents=True, exist_ok=True)
-        if config.data.source == str(folder.path("images").resolve()):
+        if in_memory:
             _save_images(folder, data)
         atomic_write(folder.path("config"), config.save)
         folder.save_json("environment", environment(config, fabric))
@@ -291,102 +289,134 @@ def run_pipeline(
         f"{config.n_clusters} clusters, device {fabric.device}, "
         f"{torch.get_num_threads()} threads, world size {fabric.world_size}"
     )
+    run = _Run(config, data, fabric, folder, ViewMaker(**config.to_dict()["augment"]), say)
     timings: dict[str, float] = {}
-    views = ViewMaker(**config.to_dict()["augment"])
-    device = fabric.device
 
-    # Stage 1
     started = time.perf_counter()
-    model = _stage_features(config, data, fabric, folder, say)
-    encoder = model.online.eval()
-    features = folder.load_array("features")
-    embeddings = folder.load_array("embeddings")
-    if features is None or embeddings is None:
-        features = extract_features(mining_features(encoder, config), data, config, fabric).numpy()
-        embeddings = extract_features(encoder.backbone, data, config, fabric).numpy()
-        folder.save_array("features", features)
-        folder.save_array("embeddings", embeddings)
+    encoder = _stage_features(run).online.eval()
+    features, embeddings = _feature_arrays(run, encoder)
     timings["features"] = time.perf_counter() - started
-    diagnostics: dict[str, Any] = {}
 
-    # Stage 2
     started = time.perf_counter()
-    weak_cache: dict[str, torch.Tensor] = {}
+    weak_embeddings = _weak_embeddings(run, encoder)
+    neighbours, diagnostics = _stage_neighbours(run, encoder, features, weak_embeddings)
+    timings["neighbours"] = time.perf_counter() - started
 
-    def weak_embeddings() -> torch.Tensor:
-        if "views" not in weak_cache:
-            seed_everything(config.run.seed + 1)
-            weak_cache["views"] = torch.stack(
-                [
-                    extract_features(encoder.backbone, data, config, fabric, view=views.weak).half()
-                    for _ in range(config.clustering.feature_views)
-                ]
+    started = time.perf_counter()
+    clustering = _stage_clustering(run, encoder.backbone, embeddings, neighbours, weak_embeddings)
+    timings["clustering"] = time.perf_counter() - started
+    return _write_outputs(run, clustering, embeddings, neighbours, diagnostics, timings)
+
+
+@dataclass
+class _Run:
+    """What every stage of one run reads: settings, images, devices, folder, views, log."""
+
+    config: Config
+    data: ImageSet
+    fabric: Fabric
+    folder: RunFolder
+    views: ViewMaker
+    say: Callable[[str], None]
+
+
+def _feature_arrays(run: _Run, encoder: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1's outputs: mining features and backbone features of the un-augmented images."""
+    features = run.folder.load_array("features")
+    embeddings = run.folder.load_array("embeddings")
+    if features is None or embeddings is None:
+        c, d, f = run.config, run.data, run.fabric
+        features = extract_features(mining_features(encoder, c), d, c, f).numpy()
+        embeddings = extract_features(encoder.backbone, d, c, f).numpy()
+        run.folder.save_array("features", features)
+        run.folder.save_array("embeddings", embeddings)
+    return features, embeddings
+
+
+def _weak_embeddings(run: _Run, encoder: nn.Module) -> Callable[[], torch.Tensor]:
+    """Backbone features of ``feature_views`` weak views (V x N x E, float16), made once."""
+    cache: list[torch.Tensor] = []
+
+    def views() -> torch.Tensor:
+        if not cache:
+            seed_everything(run.config.run.seed + 1)
+            cache.append(
+                torch.stack(
+                    [
+                        extract_features(
+                            encoder.backbone, run.data, run.config, run.fabric, view=run.views.weak
+                        ).half()
+                        for _ in range(run.config.clustering.feature_views)
+                    ]
+                )
             )
-        return weak_cache["views"]
+        return cache[0]
+
+    return views
+
+
+def _stage_neighbours(
+    run: _Run, encoder: nn.Module, features: np.ndarray, weak_embeddings: Callable
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stage 2: the configured mining, its arrays saved; purities when labels exist."""
+    config, folder, labels = run.config, run.folder, run.data.labels
+    started = time.perf_counter()
 
     def strong_features() -> np.ndarray:
         seed_everything(config.run.seed + 2)
         return extract_features(
-            mining_features(encoder, config), data, config, fabric, view=views.strong
+            mining_features(encoder, config), run.data, config, run.fabric, view=run.views.strong
         ).numpy()
 
+    diagnostics: dict[str, Any] = {}
     neighbours = folder.load_array("neighbours")
     knn = folder.load_array("neighbours_knn")
     if neighbours is None or knn is None:
-        mined = MINING_METHODS[config.mining.method](
-            MiningInputs(
-                features,
-                strong_features,
-                weak_embeddings,
-                config,
-                device,
-                on_epoch_end=_Epochs(folder, "mining-head", log_only=True),
-            )
+        inputs = MiningInputs(
+            features,
+            strong_features,
+            weak_embeddings,
+            config,
+            run.fabric.device,
+            on_epoch_end=_Epochs(folder, "mining-head", log_only=True),
         )
+        mined = MINING_METHODS[config.mining.method](inputs)
         neighbours, knn = mined.neighbours, mined.knn
         if mined.head is not None:
             folder.save_checkpoint("mining-head", {"heads": mined.head.state_dict()})
-        if data.labels is not None:
+        if labels is not None:
             for step, array in mined.steps.items():
-                diagnostics[f"neighbour_purity_{step}"] = neighbour_purity(array, data.labels)
+                diagnostics[f"neighbour_purity_{step}"] = neighbour_purity(array, labels)
         folder.save_array("neighbours_knn", knn)
         folder.save_array("neighbours", neighbours)
-    if data.labels is not None:
-        diagnostics["neighbour_purity"] = neighbour_purity(neighbours, data.labels)
-        diagnostics["neighbour_purity_knn"] = neighbour_purity(knn, data.labels)
-        diagnostics["knn_accuracy"] = knn_accuracy(knn, data.labels)
-    timings["neighbours"] = time.perf_counter() - started
-    purity = diagnostics.get("neighbour_purity")
-    say(
-        f"stage 2 ({config.mining.method}): {neighbours.shape[1]} neighbours per image in "
-        f"{timings['neighbours']:.1f} s"
-        + (
-            f", purity {purity:.3f} (plain kNN {diagnostics['neighbour_purity_knn']:.3f})"
-            if purity is not None
-            else ""
+    summary = ""
+    if labels is not None:
+        diagnostics["neighbour_purity"] = neighbour_purity(neighbours, labels)
+        diagnostics["neighbour_purity_knn"] = neighbour_purity(knn, labels)
+        diagnostics["knn_accuracy"] = knn_accuracy(knn, labels)
+        summary = (
+            f", purity {diagnostics['neighbour_purity']:.3f} "
+            f"(plain kNN {diagnostics['neighbour_purity_knn']:.3f})"
         )
+    run.say(
+        f"stage 2 ({config.mining.method}): {neighbours.shape[1]} neighbours per image in "
+        f"{time.perf_counter() - started:.1f} s{summary}"
     )
+    return neighbours, diagnostics
 
-    # Stage 3
-    started = time.perf_counter()
-    clustering = _stage_clustering(
-        config,
-        data,
-        fabric,
-        folder,
-        encoder.backbone,
-        embeddings,
-        neighbours,
-        weak_embeddings,
-        views,
-        say,
-    )
-    timings["clustering"] = time.perf_counter() - started
 
-    # Outputs
-    probabilities = head_probabilities(
-        clustering.heads, torch.from_numpy(_embed(clustering, embeddings, data, config, fabric))
-    )
+def _write_outputs(
+    run: _Run,
+    clustering: ClusteringModel,
+    embeddings: np.ndarray,
+    neighbours: np.ndarray,
+    diagnostics: dict[str, Any],
+    timings: dict[str, float],
+) -> RunResult:
+    """Final assignments by the kept head on un-augmented images, metrics, CSV."""
+    config, data, folder = run.config, run.data, run.folder
+    plain = torch.from_numpy(_embed(clustering, embeddings, run))
+    probabilities = head_probabilities(clustering.heads, plain)
     losses = head_losses(
         probabilities, torch.from_numpy(neighbours), config.clustering.entropy_weight
     )
@@ -434,18 +464,21 @@ def reuse_features(source: RunFolder, target: RunFolder, config: Config) -> None
             )
 
 
-def _stage_features(
-    config: Config, data: ImageSet, fabric: Fabric, folder: RunFolder, say: Callable[[str], None]
-) -> nn.Module:
+def _stage_features(run: _Run) -> nn.Module:
+    """Stage 1: the saved feature model, or train it (continuing from its last epoch)."""
+    config, data, folder = run.config, run.data, run.folder
     final = folder.load_checkpoint("features")
-    model = build_feature_model(config, data.channels, len(data))
     if final is not None:
+        model = build_feature_model(config, data.channels, len(data))
         model.load_state_dict(final["model"])
-        return model.to(fabric.device)
-    last = folder.load_checkpoint("features-last")
+        return model.to(run.fabric.device)
     started = time.perf_counter()
     model = train_features(
-        data, config, fabric, checkpoint=last, on_epoch_end=_Epochs(folder, "features")
+        data,
+        config,
+        run.fabric,
+        checkpoint=folder.load_checkpoint("features-last"),
+        on_epoch_end=_Epochs(folder, "features"),
     )
     folder.save_checkpoint(
         "features",
@@ -453,7 +486,7 @@ def _stage_features(
     )
     rows = [r for r in folder.history() if r["stage"] == "features"]
     if rows:
-        say(
+        run.say(
             f"stage 1 ({config.features.model}): {len(rows)} epochs in "
             f"{time.perf_counter() - started:.1f} s, final loss {rows[-1]['loss']:.4f}, "
             f"{np.mean([r['images_per_s'] for r in rows]):.0f} images/s"
@@ -462,23 +495,18 @@ def _stage_features(
 
 
 def _stage_clustering(
-    config: Config,
-    data: ImageSet,
-    fabric: Fabric,
-    folder: RunFolder,
+    run: _Run,
     backbone: nn.Module,
     embeddings: np.ndarray,
     neighbours: np.ndarray,
-    weak_embeddings,
-    views: ViewMaker,
-    say: Callable[[str], None],
+    weak_embeddings: Callable[[], torch.Tensor],
 ) -> ClusteringModel:
+    """Stage 3: SCAN heads on frozen features or with the backbone, then self-labelling."""
+    config, folder, device = run.config, run.folder, run.fabric.device
     c = config.clustering
-    device = fabric.device
     frozen = not c.update_backbone
     heads = ClusterHeads(embeddings.shape[1], config.n_clusters, c.heads)
-    features = nn.Identity() if frozen else backbone
-    model = ClusteringModel(features, heads).to(device)
+    model = ClusteringModel(nn.Identity() if frozen else backbone, heads).to(device)
     relabelled = folder.load_checkpoint("selflabel")
     if relabelled is not None:
         model.load_state_dict(relabelled["model"])
@@ -491,7 +519,7 @@ def _stage_clustering(
         fetch = (
             embedding_fetch(weak_embeddings(), device)
             if frozen
-            else image_fetch(data, views.weak, device)
+            else image_fetch(run.data, run.views.weak, device)
         )
         nb = torch.from_numpy(neighbours)
         train_scan(
@@ -502,78 +530,71 @@ def _stage_clustering(
             lr=c.frozen_lr if frozen else c.lr,
             epochs=c.epochs,
             seed=config.run.seed,
-            fabric=None if frozen else fabric,
+            fabric=None if frozen else run.fabric,
             checkpoint=folder.load_checkpoint("clustering-last"),
             on_epoch_end=_Epochs(folder, "clustering"),
             progress=config.run.progress,
         )
-        probs = head_probabilities(
-            heads, torch.from_numpy(_embed(model, embeddings, data, config, fabric))
+        plain = torch.from_numpy(_embed(model, embeddings, run))
+        best = select_head(
+            heads, head_losses(head_probabilities(heads, plain), nb, c.entropy_weight)
         )
-        best = select_head(heads, head_losses(probs, nb, c.entropy_weight))
         folder.save_checkpoint("clustering", {"model": model.state_dict()})
-        say(
-            f"stage 3 (SCAN, {'frozen' if frozen else 'fine-tuned'} backbone): {c.epochs} "
-            f"epochs in {time.perf_counter() - started:.1f} s, kept head {best} of {c.heads}"
+        run.say(
+            f"stage 3 (SCAN, {'frozen' if frozen else 'fine-tuned'} backbone): "
+            f"{c.epochs} epochs in {time.perf_counter() - started:.1f} s, "
+            f"kept head {best} of {c.heads}"
         )
     if not c.self_label:
         return model
-    return _stage_self_label(config, data, fabric, folder, model, backbone, embeddings, views, say)
+    return _stage_self_label(run, model, backbone, embeddings)
 
 
 def _stage_self_label(
-    config: Config,
-    data: ImageSet,
-    fabric: Fabric,
-    folder: RunFolder,
-    model: ClusteringModel,
-    backbone: nn.Module,
-    embeddings: np.ndarray,
-    views: ViewMaker,
-    say: Callable[[str], None],
+    run: _Run, model: ClusteringModel, backbone: nn.Module, embeddings: np.ndarray
 ) -> ClusteringModel:
+    """SCAN's optional self-labelling of the kept head (METHOD.md, Stage 3 extension)."""
+    config, data, device = run.config, run.data, run.fabric.device
     c = config.clustering
-    device = fabric.device
     best = int(model.heads.best_head)
     kept = model.heads.head(best)
-    single = nn.Sequential(model.features, kept)
     if isinstance(model.features, nn.Identity):
         seed_everything(config.run.seed + 3)
         strong = torch.stack(
             [
-                extract_features(backbone, data, config, fabric, view=views.strong).half()
+                extract_features(backbone, data, config, run.fabric, view=run.views.strong).half()
                 for _ in range(c.feature_views)
             ]
         )
-        plain = torch.from_numpy(embeddings)[None]
-        weak, strong_fetch = embedding_fetch(plain, device), embedding_fetch(strong, device)
+        weak = embedding_fetch(torch.from_numpy(embeddings)[None], device)
+        strong_fetch = embedding_fetch(strong, device)
     else:
-        weak = image_fetch(data, views.weak, device)
-        strong_fetch = image_fetch(data, views.strong, device)
+        weak = image_fetch(data, run.views.weak, device)
+        strong_fetch = image_fetch(data, run.views.strong, device)
     started = time.perf_counter()
     train_self_label(
-        single,
+        nn.Sequential(model.features, kept),
         weak,
         strong_fetch,
         len(data),
         c,
         seed=config.run.seed,
-        on_epoch_end=_Epochs(folder, "selflabel"),
+        on_epoch_end=_Epochs(run.folder, "selflabel"),
         progress=config.run.progress,
     )
     model.heads.set_head(best, kept)
-    folder.save_checkpoint("selflabel", {"model": model.state_dict()})
-    say(f"self-labelling: {c.self_label_epochs} epochs in {time.perf_counter() - started:.1f} s")
+    run.folder.save_checkpoint("selflabel", {"model": model.state_dict()})
+    run.say(
+        f"self-labelling: {c.self_label_epochs} epochs in {time.perf_counter() - started:.1f} s"
+    )
     return model
 
 
-def _embed(
-    model: ClusteringModel, embeddings: np.ndarray, data: ImageSet, config: Config, fabric: Fabric
-) -> np.ndarray:
+def _embed(model: ClusteringModel, embeddings: np.ndarray, run: _Run) -> np.ndarray:
     """Backbone features of the un-augmented images under the clustering model's backbone."""
     if isinstance(model.features, nn.Identity):
         return embeddings
-    return extract_features(model.features, data, config, fabric).numpy()
+    return extract_features(model.features, run.data, run.config, run.fabric).numpy()
 
 
 def _save_images(folder: RunFolder, data: ImageSet) -> None:

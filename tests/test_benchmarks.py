@@ -1,0 +1,197 @@
+"""The benchmark harness's pure parts: variant order, seed aggregation, tables (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+quality = _load("quality")
+scaling = _load("scaling")
+
+
+def test_variant_list_covers_the_issue_and_trains_each_stage_one_before_reuse() -> None:
+    keys = [v.key for v in quality.VARIANTS]
+    assert (
+        sorted(keys)
+        == sorted(quality.VARIANT_ORDER)
+        == sorted(["a", "a2", "b", "c", "d", "e", "f", "g"])
+    )
+    for i, v in enumerate(quality.VARIANTS):
+        if v.features_from:
+            assert v.features_from in keys[:i], f"{v.key} reuses a stage 1 trained later"
+    trainers = [v.key for v in quality.VARIANTS if v.kind == "cli" and not v.features_from]
+    assert trainers == ["f", "c"]  # two feature models per data set and seed
+    args = {v.key: v.args for v in quality.VARIANTS}
+    assert args["f"] == ()
+    assert "simclr" in args["c"] and "knn" in args["c"]
+    assert "--self-label" in args["g"]
+
+
+def test_select_variants_adds_the_run_whose_stage_one_is_reused() -> None:
+    assert [v.key for v in quality.select_variants(["e"])] == ["c", "e"]
+    assert [v.key for v in quality.select_variants(["b", "a"])] == ["a", "f", "b"]
+    with pytest.raises(ValueError, match="unknown variants"):
+        quality.select_variants(["z"])
+
+
+def test_mean_std_uses_the_sample_std_and_drops_nans() -> None:
+    mean, std = quality.mean_std([0.5, 0.7, 0.9])
+    assert mean == pytest.approx(0.7)
+    assert std == pytest.approx(0.2)
+    assert quality.mean_std([0.4]) == (0.4, 0.0)
+    assert quality.mean_std([0.4, float("nan")]) == (0.4, 0.0)
+    assert all(math.isnan(v) for v in quality.mean_std([]))
+
+
+def _record(dataset: str, variant: str, seed: int, acc: float, **extra) -> dict:
+    return {"dataset": dataset, "variant": variant, "seed": seed, "metrics": {"acc": acc, **extra}}
+
+
+def test_aggregate_groups_seeds_per_dataset_and_variant_and_skips_failures() -> None:
+    records = [
+        _record("omni", "f", 0, 0.6, nmi=0.8),
+        _record("omni", "f", 1, 0.8, nmi=0.9),
+        _record("omni", "c", 0, 0.5),
+        {"dataset": "omni", "variant": "c", "seed": 1, "error": "exit 1"},
+        _record("mnist", "a", 0, 0.55),
+    ]
+    rows = quality.aggregate(records)
+    assert [(r["dataset"], r["variant"]) for r in rows] == [
+        ("mnist", "a"),
+        ("omni", "c"),
+        ("omni", "f"),
+    ]
+    full = rows[2]
+    assert full["seeds"] == 2
+    assert full["acc"][0] == pytest.approx(0.7)
+    assert full["acc"][1] == pytest.approx(math.sqrt(0.02))
+    assert rows[1]["seeds"] == 1 and "nmi" not in rows[1]
+
+
+def test_table_shows_percent_mean_and_std_and_prf_only_for_many_classes() -> None:
+    rows = quality.aggregate(
+        [
+            _record(
+                "omni", "f", 0, 0.6, weighted_f=0.5, weighted_precision=0.4, weighted_recall=0.6
+            ),
+            _record(
+                "omni", "f", 1, 0.8, weighted_f=0.5, weighted_precision=0.4, weighted_recall=0.6
+            ),
+            _record("mnist", "f", 0, 0.9, weighted_f=0.9),
+        ]
+    )
+    table = quality.render_table(rows, {"omni": True, "mnist": False})
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert len({line.count("|") for line in lines}) == 1
+    omni = next(line for line in lines if line.startswith("| omni"))
+    assert "70.0 ± 14.1" in omni
+    assert "40.0 / 60.0 / 50.0" in omni
+    mnist = next(line for line in lines if line.startswith("| mnist"))
+    assert "| 90.0 |" in mnist and "90.0 / " not in mnist
+
+
+def test_markdown_report_names_command_machine_and_failures(tmp_path: Path) -> None:
+    doc = {
+        "suite": "cpu",
+        "date": "2026-01-01",
+        "commands": ["python benchmarks/quality.py --suite cpu --threads 2"],
+        "machine": {
+            "cpu_cores": 2,
+            "processor": "x86_64",
+            "platform": "Linux",
+            "python": "3.12",
+            "torch": "2.4",
+            "cuda": None,
+        },
+        "threads": 2,
+        "settings": {},
+        "runs": [
+            _record("omni", "f", 0, 0.6),
+            {"dataset": "omni", "variant": "c", "seed": 0, "error": "exit 1: boom"},
+        ],
+    }
+    quality.write_results(doc, tmp_path / "cpu-x", {"omni": True})
+    md = (tmp_path / "cpu-x.md").read_text()
+    assert "--suite cpu --threads 2" in md and "2 CPU cores" in md and "torch 2.4" in md
+    assert "omni seed 0 (c): exit 1: boom" in md
+    saved = json.loads((tmp_path / "cpu-x.json").read_text())
+    assert saved["summary"][0]["acc"] == [0.6, 0.0]
+
+
+def test_suites_match_the_issue() -> None:
+    cpu = {s.name: s for s in quality.SUITES["cpu"].data}
+    assert set(cpu) == {
+        "mnist-10k",
+        "cifar10-test",
+        "omniglot-100",
+        "omniglot-200",
+        "omniglot-964",
+        "tinyimagenet-200",
+    }
+    assert all(s.preset.startswith("cpu-") for s in cpu.values())
+    assert cpu["omniglot-964"].clusters == 964 and cpu["omniglot-100"].classes_kept == 100
+    assert all(s.preset.startswith("paper-") for s in quality.SUITES["paper"].data)
+    assert [s.name for s in quality.SUITES["smoke"].data] == ["digits"]
+
+
+def test_prepare_data_keeps_the_first_classes_and_train_images(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    labels = np.repeat(np.arange(5), 4)
+    np.savez(
+        shared / "toy.npz",
+        images=np.arange(20 * 4, dtype=np.uint8).reshape(20, 2, 2),
+        labels=labels,
+        class_names=np.asarray([f"c{i}" for i in range(5)]),
+        split=(np.arange(20) >= 16).astype(np.int64),
+    )
+    spec = quality.DataSpec("toy-3", "toy.npz", "cpu-omniglot", 3, classes_kept=3)
+    path = quality.prepare_data(spec, shared, tmp_path / "cache")
+    with np.load(path) as f:
+        assert f["labels"].tolist() == labels[labels < 3].tolist()
+        assert f["class_names"].tolist() == ["c0", "c1", "c2"]
+    spec = quality.DataSpec("toy-sub", "toy.npz", "cpu-mnist", 5, subset=10)
+    with np.load(quality.prepare_data(spec, shared, tmp_path / "cache")) as f:
+        assert len(f["labels"]) == 10
+    with pytest.raises(FileNotFoundError, match="SMCLUSTER_SHARED_DATA"):
+        quality.prepare_data(
+            quality.DataSpec("x", "missing.npz", "cpu-mnist", 2), shared, tmp_path / "cache"
+        )
+
+
+def test_shared_data_dir_prefers_argument_then_environment(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SMCLUSTER_SHARED_DATA", str(tmp_path))
+    assert quality.shared_data_dir(None) == tmp_path
+    assert quality.shared_data_dir("elsewhere") == Path("elsewhere")
+    monkeypatch.delenv("SMCLUSTER_SHARED_DATA")
+    assert quality.shared_data_dir(None) == quality.REPO.parent / "shared" / "data"
+
+
+def test_scaling_fit_recovers_a_power_law() -> None:
+    xs = [2000, 4000, 8000, 16000]
+    assert scaling.loglog_slope(xs, [3.0 * x for x in xs]) == pytest.approx(1.0)
+    assert scaling.loglog_slope(xs, [x**2 for x in xs]) == pytest.approx(2.0)
+    table = scaling.render_rows(
+        [{"n": 2000, "features_seconds": 1.5, "peak_rss_mb": 300.0}],
+        ["n", "features_seconds", "peak_rss_mb"],
+    )
+    assert table.splitlines()[0] == "| n | features_seconds | peak_rss_mb |"
+    assert "| 2000 | 1.50 | 300.0 |" in table
