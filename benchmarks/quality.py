@@ -469,7 +469,10 @@ def run_suite(opts: argparse.Namespace) -> Path:
             "note": suite.note,
             "machine": machine(),
             "threads": opts.threads,
-            "settings": {s.name: _spec_settings(s, opts) for s in specs},
+            "settings": {
+                **doc.get("settings", {}),
+                **{s.name: _spec_settings(s, opts) for s in specs},
+            },
             "variants": {v.key: v.name for v in VARIANTS},
         }
     )
@@ -504,7 +507,7 @@ def run_suite(opts: argparse.Namespace) -> Path:
                     "dataset": spec.name,
                     "seed": seed,
                     "variant": v.key,
-                    "command": " ".join(shlex.quote(str(c)) for c in _portable(cmd, work)),
+                    "command": " ".join(shlex.quote(str(c)) for c in _portable(cmd, work, shared)),
                 }
                 if code != 0:
                     tail = (out.parent / f"{v.key}.log").read_text()[-2000:]
@@ -534,12 +537,18 @@ def run_suite(opts: argparse.Namespace) -> Path:
     return json_path
 
 
-def _portable(cmd: list[str], work: Path) -> list[str]:
+def _portable(cmd: list[str], work: Path, shared: Path) -> list[str]:
     """The command as written in the results: no machine-specific absolute paths."""
     out = []
+    pairs = (
+        (str(shared), "$SMCLUSTER_SHARED_DATA"),
+        (str(work), "$WORK"),
+        (str(REPO), "."),
+        (sys.executable, "python"),
+    )
     for c in cmd:
         c = str(c)
-        for prefix, repl in ((str(work), "$WORK"), (str(REPO), "."), (sys.executable, "python")):
+        for prefix, repl in pairs:
             c = c.replace(prefix, repl)
         if c.endswith("/smcluster"):
             c = "smcluster"
@@ -548,7 +557,14 @@ def _portable(cmd: list[str], work: Path) -> list[str]:
 
 
 def _spec_settings(spec: DataSpec, opts: argparse.Namespace) -> dict[str, Any]:
+    from smcluster.config import preset
+
     s = asdict(spec)
+    chosen = preset(spec.preset)
+    if s["epochs"] is None:
+        s["epochs"] = chosen.get("features", {}).get("epochs")
+    if s["cluster_epochs"] is None:
+        s["cluster_epochs"] = chosen.get("clustering", {}).get("epochs")
     if opts.epochs is not None:
         s["epochs"] = opts.epochs
     if opts.cluster_epochs is not None:
@@ -593,7 +609,7 @@ def render_markdown(doc: dict[str, Any], many: dict[str, bool]) -> str:
         f"Python {m['python']}, torch {m['torch']}, GPU {m['cuda'] or 'none'}; "
         f"torch threads per run: {doc['threads']}. Suite: {doc.get('note', '')}.",
         "",
-        "Settings per data set (epochs `None` = the preset's):",
+        "Settings per data set:",
         "",
         "| data set | data | preset | clusters | stage-1 epochs | stage-3 epochs | extra |",
         "|---|---|---|---|---|---|---|",
@@ -669,7 +685,8 @@ def _pixels(args: argparse.Namespace, cfg) -> tuple[np.ndarray, np.ndarray]:
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
-    return KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x)
+    # One initialisation above 100 clusters: Lloyd's cost is N x k x D per iteration.
+    return KMeans(n_clusters=k, n_init=3 if k <= 100 else 1, random_state=seed).fit_predict(x)
 
 
 def baseline_kmeans_pixels(args: argparse.Namespace) -> dict[str, Any]:
@@ -713,8 +730,8 @@ def baseline_scan_pixels(args: argparse.Namespace) -> dict[str, Any]:
     from smcluster.stages.clustering import (
         ClusteringModel,
         embedding_fetch,
-        head_losses,
         head_probabilities,
+        score_heads,
         select_head,
         train_scan,
     )
@@ -742,9 +759,8 @@ def baseline_scan_pixels(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         progress=False,
     )
-    probs = head_probabilities(heads, emb)
-    best = select_head(heads, head_losses(probs, neighbours, c.entropy_weight))
-    pred = probs[best].argmax(1).numpy()
+    best = select_head(heads, score_heads(heads, emb, neighbours, c.entropy_weight))
+    pred = head_probabilities(heads, emb, best).argmax(1).numpy()
     extra = {
         "neighbours_seconds": mined,
         "clustering_seconds": time.perf_counter() - started,

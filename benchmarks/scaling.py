@@ -112,8 +112,14 @@ def part_n(opts: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             "--out",
             str(out),
         ]
+        load = os.getloadavg()[0]  # other processes on the machine skew the timings
         code, wall, peak = _measured(cmd, work / f"n{n}.log")
-        row: dict[str, Any] = {"n": n, "wall_seconds": wall, "peak_rss_mb": peak}
+        row: dict[str, Any] = {
+            "n": n,
+            "load_before": load,
+            "wall_seconds": wall,
+            "peak_rss_mb": peak,
+        }
         if code == 0:
             timings = json.loads((out / "metrics.json").read_text())["timings"]
             hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
@@ -211,8 +217,7 @@ def child(argv: list[str]) -> None:
         from smcluster.stages.clustering import (
             ClusteringModel,
             embedding_fetch,
-            head_losses,
-            head_probabilities,
+            score_heads,
             select_head,
             train_scan,
         )
@@ -236,8 +241,7 @@ def child(argv: list[str]) -> None:
         )
         epoch = time.perf_counter() - started
         started = time.perf_counter()
-        probs = head_probabilities(heads, emb)
-        select_head(heads, head_losses(probs, nb, cfg.entropy_weight))
+        select_head(heads, score_heads(heads, emb, nb, cfg.entropy_weight))
         result = {
             "epoch_seconds": epoch,
             "selection_seconds": time.perf_counter() - started,
@@ -269,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         default=["n", "mining", "clusters"],
         choices=["n", "mining", "clusters"],
     )
+    p.add_argument("--note", help="a remark printed under the machine line")
     p.add_argument("--shared-data")
     p.add_argument("--work", help="run folders (default runs/bench/scaling)")
     p.add_argument("--results", help="output folder (default benchmarks/results)")
@@ -292,6 +297,12 @@ def main(argv: list[str] | None = None) -> None:
     results = Path(opts.results or RESULTS)
     results.mkdir(parents=True, exist_ok=True)
     stem = results / f"scaling-{date}"
+    if stem.with_suffix(".json").exists():  # keep the other parts measured today
+        kept = json.loads(stem.with_suffix(".json").read_text())
+        doc = {**{k: v for k, v in kept.items() if k not in opts.parts}, **doc}
+        doc["command"] = "; ".join(dict.fromkeys([kept.get("command", ""), doc["command"]]))
+    if opts.note:
+        doc["note"] = opts.note
     parts = {"clusters": part_clusters, "mining": part_mining, "n": part_n}
     for name in ("clusters", "mining", "n"):
         if name not in opts.parts:
@@ -307,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _slope(rows: list[dict[str, Any]], x: str, y: str) -> float | None:
-    pts = [(r[x], r[y]) for r in rows if r.get(y) and r[y] > 0]
+    pts = [(r[x], r[y]) for r in rows if r.get(y) and r[y] > 0 and not r.get("contended")]
     return loglog_slope(*zip(*pts, strict=True)) if len(pts) >= 2 else None
 
 
@@ -335,13 +346,14 @@ def _write(doc: dict[str, Any], stem: Path) -> None:
     md = [
         f"# Scaling benchmark, {doc['date']}",
         "",
-        f"```\n{doc['command']}\n```",
+        f"```\n{doc['command']}\n```".replace("; ", "\n"),
         "",
         f"Machine: {m['cpu_cores']} CPU cores, torch {m['torch']}, "
         f"{m['threads']} torch threads per process. Peak MB: the measuring process's maximum "
         "resident memory (includes torch, "
         "about 300-400 MB); added MB: growth of that maximum during the measured call.",
         "",
+        *([doc["note"], ""] if doc.get("note") else []),
     ]
     if "n" in doc:
         md += [
@@ -359,6 +371,7 @@ def _write(doc: dict[str, Any], stem: Path) -> None:
                     "clustering_seconds",
                     "wall_seconds",
                     "peak_rss_mb",
+                    "load_before",
                 ],
             ),
             "",

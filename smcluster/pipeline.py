@@ -37,9 +37,9 @@ from smcluster.models import ClusterHeads, build_backbone
 from smcluster.stages.clustering import (
     ClusteringModel,
     embedding_fetch,
-    head_losses,
     head_probabilities,
     image_fetch,
+    score_heads,
     select_head,
     train_scan,
     train_self_label,
@@ -416,12 +416,15 @@ def _write_outputs(
     """Final assignments by the kept head on un-augmented images, metrics, CSV."""
     config, data, folder = run.config, run.data, run.folder
     plain = torch.from_numpy(_embed(clustering, embeddings, run))
-    probabilities = head_probabilities(clustering.heads, plain)
-    losses = head_losses(
-        probabilities, torch.from_numpy(neighbours), config.clustering.entropy_weight
+    losses = score_heads(
+        clustering.heads,
+        plain,
+        torch.from_numpy(neighbours),
+        config.clustering.entropy_weight,
+        data.labels,
     )
     best = int(clustering.heads.best_head)
-    kept = probabilities[best].numpy()
+    kept = head_probabilities(clustering.heads, plain, best).numpy()
     labels = kept.argmax(axis=1)
     metrics: dict[str, Any] = {
         "n_images": len(data),
@@ -431,8 +434,6 @@ def _write_outputs(
     }
     if data.labels is not None:
         metrics.update(evaluate(data.labels, labels))
-        for head, probs in zip(losses, probabilities, strict=True):
-            head["acc"] = evaluate(data.labels, probs.argmax(1).numpy())["acc"]
     metrics.update(diagnostics)
     metrics["timings"] = _timings(timings, folder.history(), len(data))
     folder.save_array("probabilities", kept.astype(np.float32))
@@ -536,9 +537,7 @@ def _stage_clustering(
             progress=config.run.progress,
         )
         plain = torch.from_numpy(_embed(model, embeddings, run))
-        best = select_head(
-            heads, head_losses(head_probabilities(heads, plain), nb, c.entropy_weight)
-        )
+        best = select_head(heads, score_heads(heads, plain, nb, c.entropy_weight))
         folder.save_checkpoint("clustering", {"model": model.state_dict()})
         run.say(
             f"stage 3 (SCAN, {'frozen' if frozen else 'fine-tuned'} backbone): "

@@ -16,9 +16,11 @@ of indices into the model's input.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from lightning_fabric import Fabric
 from torch import Tensor, nn
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 from smcluster.config import ClusteringConfig
 from smcluster.engine import Shard, batch_indices, seed_everything, stage_seed
 from smcluster.losses import entropy, scan_loss, self_label_loss
+from smcluster.metrics import cluster_accuracy
 from smcluster.models import ClusterHeads
 
 Fetch = Callable[[Tensor], Tensor]
@@ -133,42 +136,59 @@ def train_scan(
 
 
 @torch.no_grad()
-def head_probabilities(heads: ClusterHeads, embeddings: Tensor, chunk: int = 8192) -> Tensor:
-    """Soft assignments of every head: (heads, N, clusters) float32 on the CPU."""
+def head_probabilities(
+    heads: ClusterHeads, embeddings: Tensor, head: int, chunk: int = 8192
+) -> Tensor:
+    """Soft assignments of one head: N x clusters, float32 on the CPU."""
     heads.eval()
-    device = next(heads.parameters()).device
+    layer = heads.head(head)
     parts = [
-        torch.softmax(heads(e.to(device).float()), dim=-1).cpu() for e in embeddings.split(chunk)
+        torch.softmax(layer(e.to(layer.weight.device).float()), dim=-1).cpu()
+        for e in embeddings.split(chunk)
     ]
-    return torch.cat(parts, dim=1)
+    return torch.cat(parts)
 
 
 @torch.no_grad()
-def head_losses(
+def head_loss(
     probabilities: Tensor, neighbours: Tensor, entropy_weight: float, chunk: int = 8192
-) -> list[dict[str, float]]:
-    """SCAN's loss of each head over the whole data set, with all q neighbours of each image.
+) -> dict[str, float]:
+    """SCAN's loss of one head over the whole data set, with all q neighbours of each image."""
+    consistency = 0.0
+    for start in range(0, len(probabilities), chunk):
+        p = probabilities[start : start + chunk]
+        nb = probabilities[neighbours[start : start + chunk]]
+        dots = (p.unsqueeze(1) * nb).sum(-1).clamp_min(1e-7)
+        consistency += float(-dots.log().sum())
+    consistency /= neighbours.numel()
+    spread = float(entropy(probabilities.mean(dim=0)))
+    return {
+        "total": consistency - entropy_weight * spread,
+        "consistency": consistency,
+        "entropy": spread,
+    }
 
-    This is SCAN's head-selection criterion: the head with the lowest total loss is kept.
+
+def score_heads(
+    heads: ClusterHeads,
+    embeddings: Tensor,
+    neighbours: Tensor,
+    entropy_weight: float,
+    labels: np.ndarray | None = None,
+) -> list[dict[str, float]]:
+    """Every head's loss (SCAN's head-selection criterion), one head at a time.
+
+    Memory stays at one N x C array whatever the number of heads. With ``labels`` (for
+    reporting only) each head's ACC is added, so head selection can be judged.
     """
-    results = []
-    for probs in probabilities:
-        consistency = 0.0
-        for start in range(0, len(probs), chunk):
-            p = probs[start : start + chunk]
-            nb = probs[neighbours[start : start + chunk]]
-            dots = (p.unsqueeze(1) * nb).sum(-1).clamp_min(1e-7)
-            consistency += float(-dots.log().sum())
-        consistency /= neighbours.numel()
-        spread = float(entropy(probs.mean(dim=0)))
-        results.append(
-            {
-                "total": consistency - entropy_weight * spread,
-                "consistency": consistency,
-                "entropy": spread,
-            }
-        )
-    return results
+    scores = []
+    for h in range(len(heads)):
+        probs = head_probabilities(heads, embeddings, h)
+        score = head_loss(probs, neighbours, entropy_weight)
+        if labels is not None:
+            score["acc"] = cluster_accuracy(labels, probs.argmax(1).numpy())
+        scores.append(score)
+    return scores
 
 
 def select_head(heads: ClusterHeads, losses: list[dict[str, float]]) -> int:
@@ -240,6 +260,13 @@ def train_self_label(
             optimizer.step()
             loss_sum += float(loss.detach())
             confident += count
+        if confident == 0:
+            warnings.warn(
+                f"self-labelling epoch {epoch + 1}: no image was predicted with confidence above "
+                f"{config.self_label_threshold}, so nothing was learned; lower "
+                "clustering.self_label_threshold or train stage 3 longer",
+                stacklevel=2,
+            )
         record = {
             "loss": loss_sum / steps,
             "confident": confident / (steps * batch),

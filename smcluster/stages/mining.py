@@ -21,8 +21,8 @@ from smcluster.stages.clustering import (
     ClusteringModel,
     EpochCallback,
     embedding_fetch,
-    head_losses,
     head_probabilities,
+    score_heads,
     select_head,
     train_scan,
 )
@@ -98,9 +98,8 @@ def warm_up_head(
         on_epoch_end=on_epoch_end,
         progress=config.run.progress,
     )
-    probs = head_probabilities(heads, weak_embeddings[0])
-    select_head(heads, head_losses(probs, neighbours, c.entropy_weight))
-    return heads, probs[int(heads.best_head)]
+    best = select_head(heads, score_heads(heads, weak_embeddings[0], neighbours, c.entropy_weight))
+    return heads, head_probabilities(heads, weak_embeddings[0], best)
 
 
 def mine_three_view(inputs: MiningInputs) -> MiningResult:
