@@ -293,7 +293,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "augment": {"crop_scale": [0.5, 1.0], "max_magnitude": 5.0, "flip": False},
         "mining": {"q": 10, "warmup_epochs": 20},
-        "clustering": {"epochs": 60, "batch_size": 256},
+        "clustering": {"epochs": 60, "batch_size": 128},
     },
     "cpu-mnist": {
         "data": {"image_size": 16, "channels": 1},

@@ -120,7 +120,7 @@ def train_scan(
                     float(spread.detach().mean()),
                 ]
             )
-            bar.set_postfix(loss=f"{float(loss.detach()) / heads:.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()) / heads:.4f}", refresh=False)
         elapsed = time.perf_counter() - started
         mean = totals / steps
         record = {

@@ -195,7 +195,9 @@ def train_features(
             loss_sum += float(loss.detach())
             elapsed = time.perf_counter() - started
             bar.set_postfix(
-                loss=f"{loss_sum / (step_in_epoch + 1):.4f}", img_s=f"{seen / elapsed:.0f}"
+                loss=f"{loss_sum / (step_in_epoch + 1):.4f}",
+                img_s=f"{seen / elapsed:.0f}",
+                refresh=False,
             )
         elapsed = time.perf_counter() - started
         record = {
