@@ -117,8 +117,9 @@ def test_resume_needs_a_run(tmp_path, capsys) -> None:
     assert "nothing to resume" in capsys.readouterr().err
 
 
-def test_predict_command_on_held_back_images(demo_run, tmp_path) -> None:
-    """Images saved as files and assigned by `smcluster predict` get fit's clusters."""
+def test_predict_command_on_new_images(demo_run, tmp_path) -> None:
+    """Digits shifted by one pixel, saved as files (new images, never trained on), get the
+    clusters that fit gave the originals."""
     from PIL import Image
 
     from smcluster.data import load_dataset
@@ -126,14 +127,16 @@ def test_predict_command_on_held_back_images(demo_run, tmp_path) -> None:
     data = load_dataset("digits", image_size=16)
     folder = tmp_path / "new"
     folder.mkdir()
-    picks = list(range(0, 1797, 50))
+    picks = list(range(0, 1797, 25))
     for i in picks:
-        Image.fromarray(data[i][0][0].numpy()).save(folder / f"img{i:04d}.png")
+        shifted = np.roll(data[i][0][0].numpy(), 1, axis=1)
+        Image.fromarray(shifted).save(folder / f"img{i:04d}.png")
     output = tmp_path / "pred.csv"
     assert main(["predict", str(demo_run.run_dir_), str(folder), "--output", str(output)]) == 0
     with output.open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(picks)
+    assert set(rows[0]) == {"id", "cluster", "confidence"}
     predicted = {int(r["id"][-8:-4]): int(r["cluster"]) for r in rows}
     agree = np.mean([predicted[i] == demo_run.labels_[i] for i in picks])
-    assert agree >= 0.95
+    assert agree >= 0.8
