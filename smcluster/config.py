@@ -246,6 +246,21 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _small_cnn(width: int, hidden: int, out_dim: int, **schedule: Any) -> dict[str, Any]:
+    """Stage-1 settings of the small CNN: widths of the trunk and of the MLP heads."""
+    return {
+        "backbone": "small_cnn",
+        "width": width,
+        "projector_hidden": hidden,
+        "predictor_hidden": hidden,
+        "out_dim": out_dim,
+        **schedule,
+    }
+
+
+# A 65,536-entry queue dominates a CPU step (a batch x queue logit matrix per loss term).
+_CPU_SCHEDULE = {"queue_length": 4096, "epochs": 30, "batch_size": 256, "warmup_epochs": 2}
+
 # Presets: nested overrides of the defaults. The paper's (METHOD.md, "What the paper reports")
 # train ResNet-50 on a GPU; the cpu-* presets are sized for a 2-core CPU and were chosen on the
 # development sets only.
@@ -281,83 +296,34 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "demo": {
         "data": {"image_size": 16},
-        "features": {
-            "backbone": "small_cnn",
-            "width": 16,
-            "projector_hidden": 256,
-            "predictor_hidden": 256,
-            "out_dim": 64,
-            "epochs": 40,
-            "batch_size": 128,
-            "warmup_epochs": 3,
-        },
+        "features": _small_cnn(16, 256, 64, epochs=40, batch_size=128, warmup_epochs=3),
         "augment": {"crop_scale": [0.5, 1.0], "max_magnitude": 5.0, "flip": False},
         "mining": {"q": 10, "warmup_epochs": 20},
         "clustering": {"epochs": 60, "batch_size": 128},
     },
     "cpu-mnist": {
         "data": {"image_size": 16, "channels": 1},
-        "features": {
-            "backbone": "small_cnn",
-            "width": 16,
-            "projector_hidden": 256,
-            "predictor_hidden": 256,
-            "out_dim": 64,
-            "queue_length": 4096,
-            "epochs": 30,
-            "batch_size": 256,
-            "warmup_epochs": 2,
-        },
+        "features": _small_cnn(16, 256, 64, **_CPU_SCHEDULE),
         "augment": {"crop_scale": [0.5, 1.0], "max_magnitude": 5.0, "flip": False},
         "mining": {"q": 20, "warmup_epochs": 10},
         "clustering": {"epochs": 40, "batch_size": 512},
     },
     "cpu-omniglot": {
         "data": {"image_size": 28, "channels": 1},
-        "features": {
-            "backbone": "small_cnn",
-            "width": 32,
-            "projector_hidden": 512,
-            "predictor_hidden": 512,
-            "out_dim": 128,
-            "queue_length": 4096,
-            "epochs": 30,
-            "batch_size": 256,
-            "warmup_epochs": 2,
-        },
+        "features": _small_cnn(32, 512, 128, **_CPU_SCHEDULE),
         "augment": {"crop_scale": [0.6, 1.0], "max_magnitude": 5.0, "flip": False},
         "mining": {"q": 10, "warmup_epochs": 10},
         "clustering": {"epochs": 60, "batch_size": 512},
     },
     "cpu-cifar10": {
         "data": {"image_size": 32, "channels": 3},
-        "features": {
-            "backbone": "small_cnn",
-            "width": 32,
-            "projector_hidden": 512,
-            "predictor_hidden": 512,
-            "out_dim": 128,
-            "queue_length": 4096,
-            "epochs": 30,
-            "batch_size": 256,
-            "warmup_epochs": 2,
-        },
+        "features": _small_cnn(32, 512, 128, **_CPU_SCHEDULE),
         "mining": {"q": 20, "warmup_epochs": 10},
         "clustering": {"epochs": 40, "batch_size": 512},
     },
     "cpu-tinyimagenet": {
         "data": {"image_size": 32, "channels": 3},
-        "features": {
-            "backbone": "small_cnn",
-            "width": 32,
-            "projector_hidden": 512,
-            "predictor_hidden": 512,
-            "out_dim": 128,
-            "queue_length": 4096,
-            "epochs": 30,
-            "batch_size": 256,
-            "warmup_epochs": 2,
-        },
+        "features": _small_cnn(32, 512, 128, **_CPU_SCHEDULE),
         "mining": {"q": 10, "warmup_epochs": 10},
         "clustering": {"epochs": 60, "batch_size": 512},
     },
