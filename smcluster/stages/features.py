@@ -211,11 +211,6 @@ def train_features(
     return model
 
 
-def encoder_of(model: nn.Module) -> Encoder:
-    """The online encoder, whose outputs are the learned features."""
-    return model.online
-
-
 def mining_features(encoder: Encoder, config: Config) -> Callable[[Tensor], Tensor]:
     """The L2-normalised features stage 2 mines with (METHOD.md, Stage 2 Decision)."""
     project = MINING_FEATURES[config.features.mining_features]
