@@ -289,6 +289,11 @@ def run_pipeline(
         f"{config.n_clusters} clusters, device {fabric.device}, "
         f"{torch.get_num_threads()} threads, world size {fabric.world_size}"
     )
+    if fabric.device.type == "cpu" and config.features.backbone.startswith("resnet"):
+        say(
+            f"note: {config.features.backbone} for {config.features.epochs} epochs is GPU-sized; "
+            "on a CPU start from a small preset (smcluster presets: demo, cpu-*)"
+        )
     run = _Run(config, data, fabric, folder, ViewMaker(**config.to_dict()["augment"]), say)
     timings: dict[str, float] = {}
 
