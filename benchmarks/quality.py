@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from smcluster.metrics import DIAGNOSTICS, SCORES
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -157,17 +159,10 @@ SUITES: dict[str, Suite] = {
 }
 
 METRIC_KEYS = (
-    "acc",
-    "nmi",
-    "ari",
-    "weighted_precision",
-    "weighted_recall",
-    "weighted_f",
-    "neighbour_purity",
-    "neighbour_purity_knn",
+    *SCORES,
+    *DIAGNOSTICS,
     "neighbour_purity_instance",
     "neighbour_purity_strong",
-    "knn_accuracy",
     "features_seconds",
     "neighbours_seconds",
     "clustering_seconds",

@@ -18,21 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from smcluster.config import Config, preset
+from smcluster.config import Config, nested_settings, preset
 from smcluster.data import ImageSet, load_dataset
 from smcluster.pipeline import IN_MEMORY, FittedModel, RunFolder, load_fitted, run_pipeline
-
-
-def settings_from_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``{"features__epochs": 5}`` -> ``{"features": {"epochs": 5}}``."""
-    nested: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        parts = key.split("__")
-        node = nested
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return nested
 
 
 def build_config(
@@ -109,7 +97,7 @@ class SMCluster:
             self.n_clusters,
             preset_name=self.preset,
             config=self.config,
-            overrides=settings_from_kwargs(self.settings),
+            overrides=nested_settings(self.settings),
         )
 
     def fit(

@@ -20,54 +20,43 @@ from typing import Any
 
 import yaml
 
-from smcluster.config import PRESETS, preset
-
-
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
+from smcluster.config import PRESETS, nested_settings, preset
 
 
 def fit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Map the fit flags onto nested config overrides (only the flags that were given)."""
     flags = {
-        ("data", "source"): args.data,
-        ("data", "image_size"): args.image_size,
-        ("data", "channels"): args.channels,
-        ("data", "root"): args.root,
-        ("data", "download"): args.download,
-        ("features", "model"): args.feature_model,
-        ("features", "backbone"): args.backbone,
-        ("features", "epochs"): args.epochs,
-        ("features", "batch_size"): args.batch_size,
-        ("mining", "method"): args.mining,
-        ("mining", "q"): args.neighbours,
-        ("clustering", "epochs"): args.cluster_epochs,
-        ("clustering", "update_backbone"): args.update_backbone,
-        ("clustering", "self_label"): args.self_label,
-        ("run", "seed"): args.seed,
-        ("run", "threads"): args.threads,
-        ("run", "workers"): args.workers,
-        ("run", "accelerator"): args.accelerator,
-        ("run", "devices"): args.devices,
-        ("run", "num_nodes"): args.num_nodes,
-        ("run", "precision"): args.precision,
-        ("run", "report"): args.report,
-        ("run", "progress"): False if args.quiet else None,
+        "data.source": args.data,
+        "data.image_size": args.image_size,
+        "data.channels": args.channels,
+        "data.root": args.root,
+        "data.download": args.download,
+        "features.model": args.feature_model,
+        "features.backbone": args.backbone,
+        "features.epochs": args.epochs,
+        "features.batch_size": args.batch_size,
+        "mining.method": args.mining,
+        "mining.q": args.neighbours,
+        "clustering.epochs": args.cluster_epochs,
+        "clustering.update_backbone": args.update_backbone,
+        "clustering.self_label": args.self_label,
+        "run.seed": args.seed,
+        "run.threads": args.threads,
+        "run.workers": args.workers,
+        "run.accelerator": args.accelerator,
+        "run.devices": args.devices,
+        "run.num_nodes": args.num_nodes,
+        "run.precision": args.precision,
+        "run.report": args.report,
+        "run.progress": False if args.quiet else None,
     }
-    out: dict[str, Any] = {}
-    for (section, key), value in flags.items():
-        if value is not None:
-            out.setdefault(section, {})[key] = value
+    settings = {key: value for key, value in flags.items() if value is not None}
     for item in args.set or []:
         if "=" not in item:
             raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
         path, value = item.split("=", 1)
-        node = out
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _parse_value(value)
-    return out
+        settings[path] = yaml.safe_load(value)
+    return nested_settings(settings, separator=".")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -95,17 +84,9 @@ def _log(message: str) -> None:
 
 
 def _print_metrics(metrics: dict[str, Any], run: Path) -> None:
-    keys = [
-        "acc",
-        "nmi",
-        "ari",
-        "weighted_precision",
-        "weighted_recall",
-        "weighted_f",
-        "neighbour_purity",
-        "neighbour_purity_knn",
-        "knn_accuracy",
-    ]
+    from smcluster.metrics import DIAGNOSTICS, SCORES
+
+    keys = SCORES + DIAGNOSTICS
     shown = {k: metrics[k] for k in keys if k in metrics}
     if shown:
         print("  ".join(f"{k.upper() if len(k) <= 3 else k}={v:.4f}" for k, v in shown.items()))

@@ -216,6 +216,18 @@ def _one_of(name: str, value: Any, options: Any) -> tuple[bool, str]:
     return value in options, f"{name} must be one of {sorted(options)}, got {value!r}"
 
 
+def nested_settings(flat: dict[str, Any], separator: str = "__") -> dict[str, Any]:
+    """``{"features__epochs": 5}`` -> ``{"features": {"epochs": 5}}`` (scikit-learn's style)."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(separator)
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Recursively merge ``overrides`` into a copy of ``base``."""
     out = copy.deepcopy(base)

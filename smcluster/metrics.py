@@ -13,6 +13,8 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 __all__ = [
+    "DIAGNOSTICS",
+    "SCORES",
     "cluster_accuracy",
     "contingency",
     "evaluate",
@@ -21,6 +23,12 @@ __all__ = [
     "matched_confusion",
     "weighted_precision_recall_f",
 ]
+
+SCORES = ("acc", "nmi", "ari", "weighted_precision", "weighted_recall", "weighted_f")
+"""The keys of ``evaluate`` (METHOD.md, Evaluation), in order."""
+
+DIAGNOSTICS = ("neighbour_purity", "neighbour_purity_knn", "knn_accuracy")
+"""The stage-2 and stage-1 diagnostics a run reports next to ``SCORES``."""
 
 # Elements of the (rows, k, k) vote table built per chunk in `knn_accuracy`.
 _VOTE_BUDGET = 1 << 24

@@ -50,55 +50,37 @@ def test_presets_command_lists_every_preset(capsys) -> None:
     assert "# demo" in out and "# paper-imagenet" in out
 
 
+def random_npz(path, n: int) -> str:
+    images = np.random.default_rng(0).integers(0, 255, (n, 8, 8), dtype=np.uint8)
+    np.savez(path, images=images)
+    return str(path)
+
+
+def fit(data: str, flags: str, out) -> int:
+    """`smcluster fit` in this process; returns its exit code."""
+    return main(
+        ["fit", "--data", data, *flags.split(), "--out", str(out), "--quiet", "--no-report"]
+    )
+
+
 def test_wrong_npz_field_is_a_clear_error(tmp_path, capsys) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, pictures=np.zeros((20, 8, 8), dtype=np.uint8))
-    code = main(["fit", "--data", str(bad), "--clusters", "2", "--out", str(tmp_path / "r")])
-    assert code == 2
+    assert fit(str(bad), "--clusters 2", tmp_path / "r") == 2
     err = capsys.readouterr().err
     assert "images" in err and "pictures" in err
     assert not (tmp_path / "r" / "metrics.json").exists()
 
 
 def test_fewer_images_than_clusters(tmp_path, capsys) -> None:
-    few = tmp_path / "few.npz"
-    np.savez(few, images=np.random.default_rng(0).integers(0, 255, (5, 8, 8), dtype=np.uint8))
-    code = main(
-        [
-            "fit",
-            "--data",
-            str(few),
-            "--clusters",
-            "10",
-            "--out",
-            str(tmp_path / "r"),
-            "--no-report",
-            "--quiet",
-        ]
-    )
-    assert code == 2
+    assert fit(random_npz(tmp_path / "few.npz", 5), "--clusters 10", tmp_path / "r") == 2
     assert "5 images cannot form 10 clusters" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_too_few_images_for_the_neighbours(tmp_path, capsys) -> None:
-    few = tmp_path / "few.npz"
-    np.savez(few, images=np.random.default_rng(0).integers(0, 255, (30, 8, 8), dtype=np.uint8))
-    code = main(
-        [
-            "fit",
-            "--data",
-            str(few),
-            "--clusters",
-            "3",
-            "--neighbours",
-            "10",
-            "--out",
-            str(tmp_path / "r"),
-            "--no-report",
-            "--quiet",
-        ]
-    )
-    assert code == 2
+    data = random_npz(tmp_path / "few.npz", 30)
+    assert fit(data, "--clusters 3 --neighbours 10", tmp_path / "r") == 2
     assert "lower mining.q" in capsys.readouterr().err
 
 

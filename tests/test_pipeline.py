@@ -17,6 +17,7 @@ import yaml
 
 from smcluster.api import SMCluster
 from smcluster.data import load_dataset
+from smcluster.metrics import SCORES
 from smcluster.pipeline import RunFolder, evaluate_run, load_fitted
 
 QUICK = {
@@ -69,15 +70,7 @@ def test_run_folder_holds_every_artefact(demo_run: SMCluster) -> None:
         assert (run / "checkpoints" / f"{name}.pt").exists(), name
     assert not list(run.rglob(".*.tmp"))
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in [
-        "acc",
-        "nmi",
-        "ari",
-        "weighted_precision",
-        "weighted_recall",
-        "weighted_f",
-        "neighbour_purity",
-    ]:
+    for key in (*SCORES, "neighbour_purity"):
         assert 0.0 <= metrics[key] <= 1.0
     assert len(metrics["heads"]) == 10 and all("acc" in h for h in metrics["heads"])
     assert metrics["heads"][metrics["best_head"]]["total"] == min(
