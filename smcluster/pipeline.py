@@ -37,6 +37,7 @@ from smcluster.models import ClusterHeads, build_backbone
 from smcluster.stages.clustering import (
     ClusteringModel,
     embedding_fetch,
+    embedding_mean,
     head_probabilities,
     image_fetch,
     score_heads,
@@ -522,11 +523,13 @@ def _stage_clustering(
         model.load_state_dict(saved["model"])
     else:
         started = time.perf_counter()
-        fetch = (
-            embedding_fetch(weak_embeddings(), device)
-            if frozen
-            else image_fetch(run.data, run.views.weak, device)
-        )
+        shift = None
+        if frozen:
+            views = weak_embeddings()
+            shift = embedding_mean(views)
+            fetch = embedding_fetch(views, device, shift)
+        else:
+            fetch = image_fetch(run.data, run.views.weak, device)
         nb = torch.from_numpy(neighbours)
         train_scan(
             model,
@@ -541,6 +544,8 @@ def _stage_clustering(
             on_epoch_end=_Epochs(folder, "clustering"),
             progress=config.run.progress,
         )
+        if shift is not None:
+            heads.fold_input_shift(shift)
         plain = torch.from_numpy(_embed(model, embeddings, run))
         best = select_head(heads, score_heads(heads, plain, nb, c.entropy_weight))
         folder.save_checkpoint("clustering", {"model": model.state_dict()})

@@ -42,6 +42,7 @@ def test_presets_are_valid(name: str) -> None:
         ({"augment": {"crop_scale": [0.8, 0.2]}}, "crop_scale"),
         ({"run": {"precision": "fp8"}}, "run.precision"),
         ({"mining": {"q": 0}}, "mining.q"),
+        ({"features": {"bn_group_size": 1}}, "features.bn_group_size"),
     ],
 )
 def test_validation_names_the_bad_setting(overrides, message) -> None:

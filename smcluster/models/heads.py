@@ -7,15 +7,22 @@ from torch import Tensor, nn
 
 
 class MLP(nn.Sequential):
-    """Linear -> BatchNorm -> ReLU -> Linear, the projector and predictor of BYOL and MoBY."""
+    """Linear -> BatchNorm -> ReLU -> Linear, the projector and predictor of BYOL and MoBY.
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
-        super().__init__(
+    ``out_bn`` appends a BatchNorm without affine parameters to the output, as MoCo v3's
+    projector has: it centres the outputs of every batch.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, out_bn: bool = False) -> None:
+        layers: list[nn.Module] = [
             nn.Linear(in_dim, hidden_dim),
             nn.BatchNorm1d(hidden_dim),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, out_dim),
-        )
+        ]
+        if out_bn:
+            layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        super().__init__(*layers)
         self.out_dim = out_dim
 
 
@@ -61,6 +68,14 @@ class ClusterHeads(nn.Module):
         with torch.no_grad():
             self.weight[index].copy_(layer.weight)
             self.bias[index].copy_(layer.bias)
+
+    @torch.no_grad()
+    def fold_input_shift(self, shift: Tensor) -> None:
+        """Heads trained on ``x - shift`` give the same logits on ``x`` afterwards.
+
+        ``W (x - shift) + b = W x + (b - W shift)``: the shift moves into the biases.
+        """
+        self.bias -= torch.einsum("hce,e->hc", self.weight, shift.to(self.weight))
 
     def select(self, head: int) -> None:
         """Record ``head`` as the winner."""

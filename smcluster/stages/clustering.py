@@ -198,14 +198,37 @@ def select_head(heads: ClusterHeads, losses: list[dict[str, float]]) -> int:
     return best
 
 
-def embedding_fetch(views: Tensor, device: torch.device) -> Fetch:
-    """Fetch from stored features of V augmented views (V x N x E): a random view per image."""
+def embedding_fetch(views: Tensor, device: torch.device, shift: Tensor | None = None) -> Fetch:
+    """Fetch from stored features of V augmented views (V x N x E): a random view per image.
+
+    ``shift`` (E) is subtracted from every fetched feature (see ``embedding_mean``).
+    """
+    offset = None if shift is None else shift.to(device).float()
 
     def fetch(idx: Tensor) -> Tensor:
         view = torch.randint(len(views), (len(idx),))
-        return views[view, idx].to(device).float()
+        x = views[view, idx].to(device).float()
+        return x if offset is None else x - offset
 
     return fetch
+
+
+@torch.no_grad()
+def embedding_mean(views: Tensor, chunk: int = 65536) -> Tensor:
+    """The mean stored feature over all views and images (E, float32).
+
+    Heads on frozen features train on centred features (our Decision; METHOD.md, Stage 3 is
+    silent): backbone outputs after a ReLU share a large common component, which leaves
+    Adam's steps on a linear head badly conditioned and SCAN stuck in poorer partitions
+    (MNIST-10k, paper features: ACC 64 raw vs 75 centred; see benchmarks/README.md). The
+    mean is folded into the heads' biases afterwards (``ClusterHeads.fold_input_shift``), so
+    the kept heads read raw backbone features like any other.
+    """
+    flat = views.reshape(-1, views.shape[-1])
+    total = torch.zeros(flat.shape[1], dtype=torch.float64)
+    for start in range(0, len(flat), chunk):
+        total += flat[start : start + chunk].double().sum(dim=0)
+    return (total / max(len(flat), 1)).float()
 
 
 def image_fetch(data, augment: Callable[[Tensor], Tensor], device: torch.device) -> Fetch:

@@ -36,13 +36,34 @@ from smcluster.momentum import MomentumQueue, cosine_lr, cosine_momentum, ema_up
 class Encoder(nn.Module):
     """Backbone followed by a projector MLP (the paper's F + g)."""
 
-    def __init__(self, backbone: Backbone, hidden_dim: int, out_dim: int) -> None:
+    def __init__(
+        self, backbone: Backbone, hidden_dim: int, out_dim: int, out_bn: bool = False
+    ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projector = MLP(backbone.out_dim, hidden_dim, out_dim)
+        self.projector = MLP(backbone.out_dim, hidden_dim, out_dim, out_bn=out_bn)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.projector(self.backbone(x))
+
+
+def grouped_forward(
+    module: Callable[[Tensor], Tensor], x: Tensor, group_size: int, order: Tensor | None = None
+) -> Tensor:
+    """``module`` on consecutive groups of rows of ``x[order]``, returned in ``x``'s order.
+
+    Each group gets its own BatchNorm statistics, as each GPU's share of the batch does in
+    MoCo. The ``len(x) // group_size`` groups are near-equal, so none is smaller than
+    ``group_size``; ``group_size`` 0 runs the whole batch at once.
+    """
+    if order is not None:
+        x = x[order]
+    groups = len(x) // group_size if group_size > 0 else 1
+    if groups <= 1:
+        out = module(x)
+    else:
+        out = torch.cat([module(chunk) for chunk in x.tensor_split(groups)])
+    return out if order is None else out[order.argsort()]
 
 
 class PaperFeatureModel(nn.Module):
@@ -51,23 +72,37 @@ class PaperFeatureModel(nn.Module):
     ``forward(view_a, view_b)`` returns the symmetric queue InfoNCE of Eq. 10 and the target
     outputs of both views, which ``after_step`` enqueues (all-gathered under several
     processes, as MoCo does) after the EMA update of Eq. 7 with the momentum of Eq. 8.
+
+    BatchNorm and a queue do not mix naively (MoCo, Sec. 3.3): if an image's online output
+    and its positive target output are normalised with the statistics of the same images,
+    the network can tell the current batch's targets from the queued ones by those statistics
+    and lowers the loss without learning the images. Our Decision (the paper is silent): each
+    view runs through the online network in groups of ``bn_group_size`` images and through the
+    target network in groups of a random permutation ("shuffling BN" on one device), so an
+    image's two outputs see the statistics of different images.
     """
 
     def __init__(self, backbone: Backbone, config: Config, queue_length: int) -> None:
         super().__init__()
         f = config.features
-        self.online = Encoder(backbone, f.projector_hidden, f.out_dim)
+        self.online = Encoder(backbone, f.projector_hidden, f.out_dim, f.projector_out_bn)
         self.predictor = MLP(f.out_dim, f.predictor_hidden, f.out_dim)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         self.queue = MomentumQueue(queue_length, f.out_dim)
         self.temperature = f.temperature
         self.momentum_base = f.momentum_base
+        self.group_size = f.bn_group_size
+
+    def _online(self, x: Tensor) -> Tensor:
+        return self.predictor(self.online(x))
 
     def forward(self, view_a: Tensor, view_b: Tensor) -> tuple[Tensor, Tensor]:
-        both = torch.cat([view_a, view_b])
-        l_a, l_b = self.predictor(self.online(both)).chunk(2)
+        l_a = grouped_forward(self._online, view_a, self.group_size)
+        l_b = grouped_forward(self._online, view_b, self.group_size)
         with torch.no_grad():
-            h_a, h_b = self.target(both).chunk(2)
+            both = torch.cat([view_a, view_b])
+            order = torch.randperm(len(both), device=both.device)
+            h_a, h_b = grouped_forward(self.target, both, self.group_size, order).chunk(2)
         loss = symmetric_queue_info_nce(
             l_a, l_b, h_a, h_b, self.queue.vectors.clone(), self.temperature
         )
@@ -86,7 +121,7 @@ class SimCLRFeatureModel(nn.Module):
         super().__init__()
         del queue_length
         f = config.features
-        self.online = Encoder(backbone, f.projector_hidden, f.out_dim)
+        self.online = Encoder(backbone, f.projector_hidden, f.out_dim, f.projector_out_bn)
         self.temperature = f.simclr_temperature
 
     def forward(self, view_a: Tensor, view_b: Tensor) -> tuple[Tensor, None]:

@@ -1,0 +1,113 @@
+"""Stage 3: SCAN training of several heads, head scoring and selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from smcluster.config import ClusteringConfig
+from smcluster.metrics import cluster_accuracy
+from smcluster.models import ClusterHeads
+from smcluster.stages.clustering import (
+    ClusteringModel,
+    embedding_fetch,
+    embedding_mean,
+    head_loss,
+    head_probabilities,
+    score_heads,
+    select_head,
+    train_scan,
+)
+from smcluster.stages.neighbours import mine_knn
+
+
+def blobs(n_per: int = 60, clusters: int = 6, dim: int = 16, seed: int = 0):
+    """Gaussian blobs whose kNN neighbours are (nearly) all of their own blob."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)) * 4
+    labels = np.repeat(np.arange(clusters), n_per)
+    x = centres[labels] + rng.normal(size=(len(labels), dim))
+    return x.astype(np.float32), labels
+
+
+def test_scan_training_recovers_blobs_from_their_neighbours_alone() -> None:
+    x, labels = blobs()
+    neighbours = torch.from_numpy(mine_knn(x, 5))
+    views = torch.from_numpy(x)[None]
+    heads = ClusterHeads(x.shape[1], 6, n_heads=3)
+    config = ClusteringConfig(batch_size=120, heads=3)
+    losses: list[float] = []
+    train_scan(
+        ClusteringModel(nn.Identity(), heads),
+        embedding_fetch(views, torch.device("cpu")),
+        neighbours,
+        config,
+        lr=1e-2,
+        epochs=40,
+        seed=0,
+        on_epoch_end=lambda e, m, o, r: losses.append(r["loss"]),
+        progress=False,
+    )
+    assert losses[-1] < losses[0] - 0.5
+    scores = score_heads(heads, views[0], neighbours, config.entropy_weight, labels)
+    best = select_head(heads, scores)
+    assert int(heads.best_head) == best
+    predicted = head_probabilities(heads, views[0], best).argmax(1).numpy()
+    assert cluster_accuracy(labels, predicted) > 0.9
+
+
+def test_head_loss_matches_a_hand_computed_case() -> None:
+    p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]])
+    neighbours = torch.tensor([[1], [0], [0]])
+    out = head_loss(p, neighbours, entropy_weight=2.0)
+    dots = np.array([0.9 * 0.8 + 0.1 * 0.2, 0.8 * 0.9 + 0.2 * 0.1, 0.1 * 0.9 + 0.9 * 0.1])
+    consistency = -np.log(dots).mean()
+    mean = np.array([0.6, 0.4])
+    spread = -(mean * np.log(mean)).sum()
+    assert np.isclose(out["consistency"], consistency, atol=1e-5)
+    assert np.isclose(out["entropy"], spread, atol=1e-5)
+    assert np.isclose(out["total"], consistency - 2.0 * spread, atol=1e-5)
+
+
+def test_select_head_keeps_the_lowest_total_loss_and_records_it() -> None:
+    heads = ClusterHeads(4, 3, n_heads=4)
+    scores = [{"total": t} for t in (0.5, -1.0, 0.2, -0.3)]
+    assert select_head(heads, scores) == 1
+    assert int(heads.best_head) == 1
+    x = torch.randn(5, 4)
+    assert torch.allclose(heads.predict_logits(x), heads.head(1)(x))
+
+
+def test_embedding_mean_and_shifted_fetch_centre_the_stored_views() -> None:
+    views = torch.randn(3, 50, 4) + torch.tensor([5.0, -2.0, 0.0, 1.0])
+    mean = embedding_mean(views.half(), chunk=7)
+    assert torch.allclose(mean, views.half().float().mean(dim=(0, 1)), atol=1e-4)
+    fetched = embedding_fetch(views, torch.device("cpu"), mean)(torch.arange(50))
+    assert fetched.shape == (50, 4)
+    assert fetched.mean(0).abs().max() < 1.0
+
+
+def test_centred_training_recovers_blobs_sharing_a_large_offset() -> None:
+    """ReLU-like features: a big shared offset; centring (then folding) must not hurt."""
+    x, labels = blobs(dim=16)
+    x = x + 40.0
+    neighbours = torch.from_numpy(mine_knn(x - x.mean(0), 5))
+    views = torch.from_numpy(x)[None]
+    config = ClusteringConfig(batch_size=120, heads=3)
+    heads = ClusterHeads(16, 6, n_heads=3)
+    shift = embedding_mean(views)
+    train_scan(
+        ClusteringModel(nn.Identity(), heads),
+        embedding_fetch(views, torch.device("cpu"), shift),
+        neighbours,
+        config,
+        lr=1e-2,
+        epochs=40,
+        seed=0,
+        progress=False,
+    )
+    heads.fold_input_shift(shift)
+    best = select_head(heads, score_heads(heads, views[0], neighbours, config.entropy_weight))
+    predicted = head_probabilities(heads, views[0], best).argmax(1).numpy()
+    assert cluster_accuracy(labels, predicted) > 0.9
