@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _slope(rows: list[dict[str, Any]], x: str, y: str) -> float | None:
-    pts = [(r[x], r[y]) for r in rows if r.get(y) and r[y] > 0 and not r.get("contended")]
+    pts = [(r[x], r[y]) for r in rows if r.get(y) and r[y] > 0]
     return loglog_slope(*zip(*pts, strict=True)) if len(pts) >= 2 else None
 
 

@@ -37,11 +37,11 @@ from smcluster.models import ClusterHeads, build_backbone
 from smcluster.stages.clustering import (
     ClusteringModel,
     embedding_fetch,
-    embedding_mean,
     head_probabilities,
     image_fetch,
     score_heads,
     select_head,
+    train_heads_on_embeddings,
     train_scan,
     train_self_label,
 )
@@ -523,29 +523,19 @@ def _stage_clustering(
         model.load_state_dict(saved["model"])
     else:
         started = time.perf_counter()
-        shift = None
+        nb = torch.from_numpy(neighbours)
+        schedule = {
+            "epochs": c.epochs,
+            "seed": config.run.seed,
+            "checkpoint": folder.load_checkpoint("clustering-last"),
+            "on_epoch_end": _Epochs(folder, "clustering"),
+            "progress": config.run.progress,
+        }
         if frozen:
-            views = weak_embeddings()
-            shift = embedding_mean(views)
-            fetch = embedding_fetch(views, device, shift)
+            train_heads_on_embeddings(heads, weak_embeddings(), nb, c, **schedule)
         else:
             fetch = image_fetch(run.data, run.views.weak, device)
-        nb = torch.from_numpy(neighbours)
-        train_scan(
-            model,
-            fetch,
-            nb,
-            c,
-            lr=c.frozen_lr if frozen else c.lr,
-            epochs=c.epochs,
-            seed=config.run.seed,
-            fabric=None if frozen else run.fabric,
-            checkpoint=folder.load_checkpoint("clustering-last"),
-            on_epoch_end=_Epochs(folder, "clustering"),
-            progress=config.run.progress,
-        )
-        if shift is not None:
-            heads.fold_input_shift(shift)
+            train_scan(model, fetch, nb, c, lr=c.lr, fabric=run.fabric, **schedule)
         plain = torch.from_numpy(_embed(model, embeddings, run))
         best = select_head(heads, score_heads(heads, plain, nb, c.entropy_weight))
         folder.save_checkpoint("clustering", {"model": model.state_dict()})

@@ -135,6 +135,44 @@ def train_scan(
     return model
 
 
+def train_heads_on_embeddings(
+    heads: ClusterHeads,
+    views: Tensor,
+    neighbours: Tensor,
+    config: ClusteringConfig,
+    *,
+    epochs: int,
+    seed: int,
+    stage: str = "clustering",
+    checkpoint: dict[str, Any] | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = True,
+) -> ClusteringModel:
+    """``train_scan`` for heads alone on stored features of V views (V x N x E).
+
+    The heads train on centred features at ``config.frozen_lr`` and the mean is folded into
+    their biases at the end (``embedding_mean``), so they read raw backbone features after.
+    ``heads`` must already be on the device the features should be fetched to.
+    """
+    shift = embedding_mean(views)
+    model = ClusteringModel(nn.Identity(), heads)
+    train_scan(
+        model,
+        embedding_fetch(views, heads.weight.device, shift),
+        neighbours,
+        config,
+        lr=config.frozen_lr,
+        epochs=epochs,
+        seed=seed,
+        stage=stage,
+        checkpoint=checkpoint,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
+    )
+    heads.fold_input_shift(shift)
+    return model
+
+
 @torch.no_grad()
 def head_probabilities(
     heads: ClusterHeads, embeddings: Tensor, head: int, chunk: int = 8192

@@ -18,14 +18,11 @@ from torch import Tensor
 from smcluster.config import Config
 from smcluster.models import ClusterHeads
 from smcluster.stages.clustering import (
-    ClusteringModel,
     EpochCallback,
-    embedding_fetch,
-    embedding_mean,
     head_probabilities,
     score_heads,
     select_head,
-    train_scan,
+    train_heads_on_embeddings,
 )
 from smcluster.stages.neighbours import (
     filter_by_agreement,
@@ -80,27 +77,24 @@ def warm_up_head(
 ) -> tuple[ClusterHeads, Tensor]:
     """The weak-view head Phi_c (METHOD.md, Stage 2 Decision) and its weak-view predictions.
 
-    Heads on frozen stage-1 backbone features of weak views (centred, see ``embedding_mean``)
+    Heads on frozen stage-1 backbone features of weak views (``train_heads_on_embeddings``)
     are trained with the SCAN loss on the 2q candidate sets for ``mining.warmup_epochs``
     epochs; the lowest-loss head predicts p(b) for the weak view b of every image (N x C).
     """
     c = config.clustering
     heads = ClusterHeads(weak_embeddings.shape[-1], config.n_clusters, c.heads).to(device)
     neighbours = torch.from_numpy(candidates)
-    shift = embedding_mean(weak_embeddings)
-    train_scan(
-        ClusteringModel(torch.nn.Identity(), heads),
-        embedding_fetch(weak_embeddings, device, shift),
+    train_heads_on_embeddings(
+        heads,
+        weak_embeddings,
         neighbours,
         c,
-        lr=c.frozen_lr,
         epochs=config.mining.warmup_epochs,
         seed=config.run.seed,
         stage="mining-head",
         on_epoch_end=on_epoch_end,
         progress=config.run.progress,
     )
-    heads.fold_input_shift(shift)
     best = select_head(heads, score_heads(heads, weak_embeddings[0], neighbours, c.entropy_weight))
     return heads, head_probabilities(heads, weak_embeddings[0], best)
 
