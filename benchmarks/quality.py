@@ -434,6 +434,17 @@ def read_metrics(run: Path, source_run: Path | None) -> dict[str, Any]:
     return flat
 
 
+def stage1_source(folder: Path, dataset: str, seed: int, key: str) -> Path:
+    """The earlier run of the same variant whose stage 1 ``--stage1-from`` reuses."""
+    run = folder / dataset / f"seed{seed}" / key
+    if not (run / "metrics.json").exists():
+        raise SystemExit(
+            f"--stage1-from: no finished run at {run}; give the work folder of an earlier run "
+            "of this suite (moved aside first, as this run clears its own run folders)"
+        )
+    return run
+
+
 def run_suite(opts: argparse.Namespace) -> Path:
     suite = SUITES[opts.suite]
     specs = [s for s in suite.data if not opts.dataset or s.name in opts.dataset]
@@ -478,12 +489,17 @@ def run_suite(opts: argparse.Namespace) -> Path:
         seeds = opts.seeds if opts.seeds is not None else list(range(spec.seeds))
         for seed in seeds:
             runs: dict[str, Path] = {}
+            trained_in: dict[str, Path] = {}  # the run that trained each variant's stage 1
             for v in variants:
                 out = work / spec.name / f"seed{seed}" / v.key
                 runs[v.key] = out
+                source = runs.get(v.features_from) if v.features_from else None
+                if source is None and v.kind == "cli" and opts.stage1_from:
+                    source = stage1_source(Path(opts.stage1_from), spec.name, seed, v.key)
+                trained = trained_in.get(v.features_from, source) if v.features_from else source
+                trained_in[v.key] = trained or out
                 if (spec.name, seed, v.key) in done:
                     continue
-                source = runs.get(v.features_from) if v.features_from else None
                 if out.exists():
                     import shutil
 
@@ -509,7 +525,7 @@ def run_suite(opts: argparse.Namespace) -> Path:
                     record["error"] = f"exit {code}: {tail}"
                     print(f"    failed ({code}); see {out.parent / (v.key + '.log')}", flush=True)
                 else:
-                    metrics = read_metrics(out, source if v.kind == "cli" else None)
+                    metrics = read_metrics(out, trained if v.kind == "cli" else None)
                     metrics["wall_seconds"] = round(wall, 2)
                     metrics["peak_rss_mb"] = round(peak, 1)
                     record["metrics"] = metrics
@@ -631,6 +647,8 @@ def render_markdown(doc: dict[str, Any], many: dict[str, bool]) -> str:
         render_table(rows, many),
         "",
     ]
+    if doc.get("notes"):
+        lines += ["Notes:", "", *(f"- {n}" for n in doc["notes"]), ""]
     failed = [r for r in doc["runs"] if r.get("error")]
     if failed:
         lines += ["Failed runs:", ""]
@@ -834,6 +852,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--tag", help="file stem after '<suite>-' (default: today's date)")
     p.add_argument("--resume", action="store_true", help="keep and skip runs already in the JSON")
+    p.add_argument(
+        "--stage1-from",
+        metavar="DIR",
+        help="work folder of an earlier run of this suite: (f) and (c) reuse its stage 1 "
+        "(same settings) instead of training one; the table keeps that run's stage-1 cost",
+    )
     opts = p.parse_args(argv)
     opts.argv = argv
     path = run_suite(opts)

@@ -95,6 +95,7 @@ class ClusteringConfig:
     ``frozen_lr`` trains heads alone on stored backbone features, where 1e-4 barely moves a
     linear layer in the epochs a CPU can afford (our Decision; the paper is silent).
     ``feature_views`` is how many weak views per image are stored for the frozen path.
+    ``weight_decay`` is decoupled from the gradient (AdamW; ``stages.clustering.stage3_optimizer``).
     """
 
     entropy_weight: float = 5.0

@@ -123,6 +123,7 @@ def test_markdown_report_names_command_machine_and_failures(tmp_path: Path) -> N
         },
         "threads": 2,
         "settings": {},
+        "notes": ["stage 1 reused from an earlier run"],
         "runs": [
             _record("omni", "f", 0, 0.6),
             {"dataset": "omni", "variant": "c", "seed": 0, "error": "exit 1: boom"},
@@ -132,6 +133,7 @@ def test_markdown_report_names_command_machine_and_failures(tmp_path: Path) -> N
     md = (tmp_path / "cpu-x.md").read_text()
     assert "--suite cpu --threads 2" in md and "2 CPU cores" in md and "torch 2.4" in md
     assert "omni seed 0 (c): exit 1: boom" in md
+    assert "- stage 1 reused from an earlier run" in md
     saved = json.loads((tmp_path / "cpu-x.json").read_text())
     assert saved["summary"][0]["acc"] == [0.6, 0.0]
 
@@ -195,3 +197,12 @@ def test_scaling_fit_recovers_a_power_law() -> None:
     )
     assert table.splitlines()[0] == "| n | features_seconds | peak_rss_mb |"
     assert "| 2000 | 1.50 | 300.0 |" in table
+
+
+def test_stage1_source_names_the_earlier_run_or_says_what_is_missing(tmp_path: Path) -> None:
+    run = tmp_path / "omniglot-964" / "seed0" / "f"
+    with pytest.raises(SystemExit, match="no finished run at .*omniglot-964/seed0/f"):
+        quality.stage1_source(tmp_path, "omniglot-964", 0, "f")
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    assert quality.stage1_source(tmp_path, "omniglot-964", 0, "f") == run
