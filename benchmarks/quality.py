@@ -489,15 +489,19 @@ def run_suite(opts: argparse.Namespace) -> Path:
         seeds = opts.seeds if opts.seeds is not None else list(range(spec.seeds))
         for seed in seeds:
             runs: dict[str, Path] = {}
-            trained_in: dict[str, Path] = {}  # the run that trained each variant's stage 1
+            stage1_of: dict[str, Path] = {}  # the run that trained each variant's stage 1
             for v in variants:
                 out = work / spec.name / f"seed{seed}" / v.key
                 runs[v.key] = out
-                source = runs.get(v.features_from) if v.features_from else None
-                if source is None and v.kind == "cli" and opts.stage1_from:
+                source = None  # the run whose stage 1 this one copies (--features-from)
+                if v.features_from:
+                    source = runs[v.features_from]
+                    stage1_of[v.key] = stage1_of[v.features_from]
+                elif v.kind == "cli" and opts.stage1_from:
                     source = stage1_source(Path(opts.stage1_from), spec.name, seed, v.key)
-                trained = trained_in.get(v.features_from, source) if v.features_from else source
-                trained_in[v.key] = trained or out
+                    stage1_of[v.key] = source
+                else:
+                    stage1_of[v.key] = out
                 if (spec.name, seed, v.key) in done:
                     continue
                 if out.exists():
@@ -525,7 +529,8 @@ def run_suite(opts: argparse.Namespace) -> Path:
                     record["error"] = f"exit {code}: {tail}"
                     print(f"    failed ({code}); see {out.parent / (v.key + '.log')}", flush=True)
                 else:
-                    metrics = read_metrics(out, trained if v.kind == "cli" else None)
+                    copied = v.kind == "cli" and stage1_of[v.key] != out
+                    metrics = read_metrics(out, stage1_of[v.key] if copied else None)
                     metrics["wall_seconds"] = round(wall, 2)
                     metrics["peak_rss_mb"] = round(peak, 1)
                     record["metrics"] = metrics
