@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -152,6 +153,31 @@ def test_suites_match_the_issue() -> None:
     assert cpu["omniglot-964"].clusters == 964 and cpu["omniglot-100"].classes_kept == 100
     assert all(s.preset.startswith("paper-") for s in quality.SUITES["paper"].data)
     assert [s.name for s in quality.SUITES["smoke"].data] == ["digits"]
+
+
+def test_fit_command_uses_the_suite_budget_unless_overridden(tmp_path: Path) -> None:
+    spec = {s.name: s for s in quality.SUITES["cpu"].data}["omniglot-964"]
+    variant = {v.key: v for v in quality.VARIANTS}["f"]
+
+    def command(epochs: int | None = None) -> list[str]:
+        opts = argparse.Namespace(
+            epochs=epochs,
+            cluster_epochs=None,
+            threads=2,
+            root=None,
+            download=False,
+            accelerator=None,
+            set=None,
+        )
+        return quality.fit_command(spec, "d.npz", tmp_path / "f", 0, variant, opts, None)
+
+    def value(cmd: list[str], flag: str) -> str:
+        return cmd[cmd.index(flag) + 1]
+
+    default = command()
+    assert (value(default, "--epochs"), value(default, "--cluster-epochs")) == ("8", "20")
+    assert value(command(epochs=30), "--epochs") == "30"
+    assert spec.seeds == 1
 
 
 def test_prepare_data_keeps_the_first_classes_and_train_images(tmp_path: Path) -> None:

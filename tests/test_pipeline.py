@@ -165,10 +165,13 @@ def test_real_shared_set_end_to_end(shared_data, tmp_path) -> None:
 def test_interrupted_run_resumes(tmp_path) -> None:
     out = tmp_path / "run"
     flags = "--preset demo --data digits --clusters 10 --epochs 6 --cluster-epochs 3"
+    # A runner started in the background ignores SIGINT and its children inherit that; the
+    # run must get Ctrl-C's default behaviour whatever started the tests.
     process = subprocess.Popen(
         smcluster_command("fit", *flags.split(), "--out", str(out), "--quiet", "--no-report"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -177,8 +180,11 @@ def test_interrupted_run_resumes(tmp_path) -> None:
         time.sleep(0.2)
     assert process.poll() is None, "the run ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=60)
-    assert not (out / "metrics.json").exists()
+    _, stderr = process.communicate(timeout=60)
+    assert not (out / "metrics.json").exists(), (
+        f"the run finished despite SIGINT (exit {process.returncode}): "
+        f"{stderr.decode(errors='replace')[-2000:]}"
+    )
     done = len(RunFolder(out).history())
     assert 2 <= done < 6
 
