@@ -132,7 +132,7 @@ SUITES: dict[str, Suite] = {
         "cpu",
         (
             DataSpec("mnist-10k", "mnist.npz", "cpu-mnist", 10, subset=10_000),
-            # 10k colour images: the preset's 30 stage-1 epochs take ~47 min per feature model.
+            # 10k colour images: the preset's 30 stage-1 epochs take 40-46 min per feature model.
             DataSpec("cifar10-test", "cifar10_test.npz", "cpu-cifar10", 10, epochs=10),
             DataSpec(
                 "omniglot-100", "omniglot_background.npz", "cpu-omniglot", 100, classes_kept=100
@@ -855,6 +855,14 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--features-from")
         run_baseline(p.parse_args(argv[1:]))
         return
+    opts = build_parser().parse_args(argv)
+    opts.argv = argv
+    path = run_suite(opts)
+    print(f"results: {path} and {path.with_suffix('.md')}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of a suite run (``main`` without the ``baseline`` sub-command)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", choices=sorted(SUITES), default="smoke")
     p.add_argument("--dataset", nargs="+", help="run only these data sets of the suite")
@@ -882,10 +890,7 @@ def main(argv: list[str] | None = None) -> None:
         help="work folder of an earlier run of this suite: (f) and (c) reuse its stage 1 "
         "(same settings) instead of training one; the table keeps that run's stage-1 cost",
     )
-    opts = p.parse_args(argv)
-    opts.argv = argv
-    path = run_suite(opts)
-    print(f"results: {path} and {path.with_suffix('.md')}")
+    return p
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
@@ -159,16 +158,8 @@ def test_fit_command_uses_the_suite_budget_unless_overridden(tmp_path: Path) -> 
     spec = {s.name: s for s in quality.SUITES["cpu"].data}["omniglot-964"]
     variant = {v.key: v for v in quality.VARIANTS}["f"]
 
-    def command(epochs: int | None = None) -> list[str]:
-        opts = argparse.Namespace(
-            epochs=epochs,
-            cluster_epochs=None,
-            threads=2,
-            root=None,
-            download=False,
-            accelerator=None,
-            set=None,
-        )
+    def command(*argv: str) -> list[str]:
+        opts = quality.build_parser().parse_args(["--suite", "cpu", *argv])
         return quality.fit_command(spec, "d.npz", tmp_path / "f", 0, variant, opts, None)
 
     def value(cmd: list[str], flag: str) -> str:
@@ -176,7 +167,7 @@ def test_fit_command_uses_the_suite_budget_unless_overridden(tmp_path: Path) -> 
 
     default = command()
     assert (value(default, "--epochs"), value(default, "--cluster-epochs")) == ("8", "20")
-    assert value(command(epochs=30), "--epochs") == "30"
+    assert value(command("--epochs", "30"), "--epochs") == "30"
     assert spec.seeds == 1
 
 
