@@ -442,17 +442,32 @@ def baseline_command(
     return cmd
 
 
-def read_metrics(run: Path, source_run: Path | None) -> dict[str, Any]:
+STAGE1_COST = ("features_seconds", "features_images_per_s")
+
+
+def read_metrics(run: Path, stage1_cost: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's figures; ``stage1_cost`` replaces its stage-1 cost when stage 1 was copied."""
     metrics = json.loads((run / "metrics.json").read_text())
     flat: dict[str, Any] = {k: metrics.get(k) for k in METRIC_KEYS if k in metrics}
     flat.update({k: v for k, v in metrics.get("timings", {}).items() if k in METRIC_KEYS})
-    if source_run is not None and (source_run / "metrics.json").exists():
-        # Stage 1 was copied: report the cost of the run that trained it.
-        src = json.loads((source_run / "metrics.json").read_text()).get("timings", {})
-        for key in ("features_seconds", "features_images_per_s"):
-            if key in src:
-                flat[key] = src[key]
+    flat.update(stage1_cost or {})
     return flat
+
+
+def stage1_cost(source: Path, record: dict[str, Any] | None) -> dict[str, Any]:
+    """Stage-1 seconds and images/s of the run a variant copied its stage 1 from.
+
+    Taken from that run's record in the results when it has one: the record already carries
+    the cost of whichever run trained stage 1, while the run's own metrics.json gives only the
+    copying time when it copied stage 1 too (``--stage1-from``).
+    """
+    if record is not None and "metrics" in record:
+        figures = record["metrics"]
+    elif (source / "metrics.json").exists():
+        figures = json.loads((source / "metrics.json").read_text()).get("timings", {})
+    else:
+        figures = {}
+    return {k: figures[k] for k in STAGE1_COST if k in figures}
 
 
 def stage1_source(folder: Path, dataset: str, seed: int, key: str) -> Path:
@@ -503,7 +518,8 @@ def run_suite(opts: argparse.Namespace) -> Path:
             "variants": {v.key: v.name for v in VARIANTS},
         }
     )
-    done = {(r["dataset"], r["seed"], r["variant"]) for r in doc["runs"] if not r.get("error")}
+    records = {(r["dataset"], r["seed"], r["variant"]): r for r in doc["runs"]}
+    done = {key for key, r in records.items() if not r.get("error")}
     env = dict(os.environ)
     for spec in specs:
         data = prepare_data(spec, shared, work / "data")
@@ -548,8 +564,13 @@ def run_suite(opts: argparse.Namespace) -> Path:
                     record["error"] = f"exit {code}: {tail}"
                     print(f"    failed ({code}); see {out.parent / (v.key + '.log')}", flush=True)
                 else:
-                    copied = v.kind == "cli" and stage1_of[v.key] != out
-                    metrics = read_metrics(out, stage1_of[v.key] if copied else None)
+                    cost = None
+                    source_run = stage1_of[v.key]
+                    if v.kind == "cli" and source_run != out:
+                        key = (spec.name, seed, source_run.name)
+                        same_seed = source_run.parent == out.parent
+                        cost = stage1_cost(source_run, records.get(key) if same_seed else None)
+                    metrics = read_metrics(out, cost)
                     metrics["wall_seconds"] = round(wall, 2)
                     metrics["peak_rss_mb"] = round(peak, 1)
                     record["metrics"] = metrics
@@ -568,6 +589,7 @@ def run_suite(opts: argparse.Namespace) -> Path:
                     for r in doc["runs"]
                     if (r["dataset"], r["seed"], r["variant"]) != (spec.name, seed, v.key)
                 ] + [record]
+                records[(spec.name, seed, v.key)] = record
                 write_results(doc, stem, {s.name: s.clusters >= 100 for s in suite.data})
     return json_path
 

@@ -93,7 +93,10 @@ class ClusteringConfig:
 
     ``lr`` (SCAN's Adam 1e-4) trains backbone and heads together (``update_backbone``);
     ``frozen_lr`` trains heads alone on stored backbone features, where 1e-4 barely moves a
-    linear layer in the epochs a CPU can afford (our Decision; the paper is silent).
+    linear layer in the epochs a CPU can afford (our Decision; the paper is silent). The same
+    split holds for self-labelling: ``self_label_lr`` (SCAN's 1e-4) with the backbone,
+    ``frozen_self_label_lr`` for the kept head alone, where 1e-4 changed nothing and 1e-2 fitted
+    the few confident images of weak features and lost clusters (benchmarks/README.md).
     ``feature_views`` is how many weak views per image are stored for the frozen path.
     ``weight_decay`` is decoupled from the gradient (AdamW; ``stages.clustering.stage3_optimizer``).
     """
@@ -111,6 +114,7 @@ class ClusteringConfig:
     self_label_epochs: int = 10
     self_label_threshold: float = 0.99
     self_label_lr: float = 1e-4
+    frozen_self_label_lr: float = 1e-3
 
 
 @dataclass

@@ -36,11 +36,11 @@ from smcluster.metrics import evaluate, knn_accuracy
 from smcluster.models import ClusterHeads, build_backbone
 from smcluster.stages.clustering import (
     ClusteringModel,
-    embedding_fetch,
     head_probabilities,
     image_fetch,
     score_heads,
     select_head,
+    self_label_on_embeddings,
     train_heads_on_embeddings,
     train_scan,
     train_self_label,
@@ -557,6 +557,12 @@ def _stage_self_label(
     c = config.clustering
     best = int(model.heads.best_head)
     kept = model.heads.head(best)
+    schedule = {
+        "seed": config.run.seed,
+        "on_epoch_end": _Epochs(run.folder, "selflabel"),
+        "progress": config.run.progress,
+    }
+    started = time.perf_counter()
     if isinstance(model.features, nn.Identity):
         seed_everything(config.run.seed + 3)
         strong = torch.stack(
@@ -565,22 +571,17 @@ def _stage_self_label(
                 for _ in range(c.feature_views)
             ]
         )
-        weak = embedding_fetch(torch.from_numpy(embeddings)[None], device)
-        strong_fetch = embedding_fetch(strong, device)
+        self_label_on_embeddings(kept, torch.from_numpy(embeddings)[None], strong, c, **schedule)
     else:
-        weak = image_fetch(data, run.views.weak, device)
-        strong_fetch = image_fetch(data, run.views.strong, device)
-    started = time.perf_counter()
-    train_self_label(
-        nn.Sequential(model.features, kept),
-        weak,
-        strong_fetch,
-        len(data),
-        c,
-        seed=config.run.seed,
-        on_epoch_end=_Epochs(run.folder, "selflabel"),
-        progress=config.run.progress,
-    )
+        train_self_label(
+            nn.Sequential(model.features, kept),
+            image_fetch(data, run.views.weak, device),
+            image_fetch(data, run.views.strong, device),
+            len(data),
+            c,
+            lr=c.self_label_lr,
+            **schedule,
+        )
     model.heads.set_head(best, kept)
     run.folder.save_checkpoint("selflabel", {"model": model.state_dict()})
     run.say(

@@ -223,3 +223,21 @@ def test_stage1_source_names_the_earlier_run_or_says_what_is_missing(tmp_path: P
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
     assert quality.stage1_source(tmp_path, "omniglot-964", 0, "f") == run
+
+
+def test_stage1_cost_prefers_the_record_of_the_run_that_copied_it_too(tmp_path: Path) -> None:
+    # (f) copied its stage 1 from an earlier run: its metrics.json holds only the copying time,
+    # its record the cost of the run that trained it. (g), copying from (f), must get the latter.
+    f_run = tmp_path / "f"
+    f_run.mkdir()
+    copying = {"features_seconds": 0.05, "features_images_per_s": 1e6}
+    (f_run / "metrics.json").write_text(json.dumps({"acc": 0.5, "timings": copying}))
+    trained = {"features_seconds": 458.5, "features_images_per_s": 659.3}
+    record = {"dataset": "mnist-10k", "seed": 0, "variant": "f", "metrics": {**trained, "acc": 0.5}}
+    assert quality.stage1_cost(f_run, record) == trained
+    assert quality.stage1_cost(f_run, None) == copying
+    g_run = tmp_path / "g"
+    g_run.mkdir()
+    (g_run / "metrics.json").write_text(json.dumps({"acc": 0.6, "timings": copying}))
+    metrics = quality.read_metrics(g_run, quality.stage1_cost(f_run, record))
+    assert metrics["features_seconds"] == 458.5 and metrics["acc"] == 0.6

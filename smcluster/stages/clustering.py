@@ -302,16 +302,20 @@ def train_self_label(
     n: int,
     config: ClusteringConfig,
     *,
+    lr: float,
     seed: int,
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
 ) -> nn.Module:
     """SCAN's self-labelling (METHOD.md, Stage 3 optional extension) on a single-head model.
 
-    Confident weak-view predictions (> threshold) are the targets of the strong view.
+    Confident weak-view predictions (> threshold) are the targets of the strong view. ``lr``
+    is ``config.self_label_lr`` (SCAN's 1e-4) when a backbone is trained with the head and
+    ``config.frozen_self_label_lr`` for a head alone on stored features
+    (``self_label_on_embeddings``).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = stage3_optimizer(params, config.self_label_lr, config.weight_decay)
+    optimizer = stage3_optimizer(params, lr, config.weight_decay)
     batch = min(config.batch_size, n)
     steps = max(n // batch, 1)
     for epoch in range(config.self_label_epochs):
@@ -351,3 +355,41 @@ def train_self_label(
         if on_epoch_end is not None:
             on_epoch_end(epoch, model, optimizer, record)
     return model
+
+
+def self_label_on_embeddings(
+    head: nn.Linear,
+    weak_views: Tensor,
+    strong_views: Tensor,
+    config: ClusteringConfig,
+    *,
+    seed: int,
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = True,
+) -> nn.Linear:
+    """``train_self_label`` for one head alone on stored features (V x N x E each).
+
+    At ``config.frozen_self_label_lr`` (our Decision; SCAN fine-tunes the whole network at
+    1e-4, under which a linear head alone barely moves), on features centred by the weak
+    views' mean as ``train_heads_on_embeddings`` trains the heads; the mean is folded back
+    into the bias at the end, so the head reads raw features before and after. ``head`` must
+    already be on the device the features should be fetched to.
+    """
+    shift = embedding_mean(weak_views).to(head.weight.device)
+    with torch.no_grad():
+        head.bias += head.weight @ shift
+    device = head.weight.device
+    train_self_label(
+        head,
+        embedding_fetch(weak_views, device, shift),
+        embedding_fetch(strong_views, device, shift),
+        weak_views.shape[1],
+        config,
+        lr=config.frozen_self_label_lr,
+        seed=seed,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
+    )
+    with torch.no_grad():
+        head.bias -= head.weight @ shift
+    return head

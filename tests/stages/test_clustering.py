@@ -17,6 +17,7 @@ from smcluster.stages.clustering import (
     head_probabilities,
     score_heads,
     select_head,
+    self_label_on_embeddings,
     stage3_optimizer,
     train_heads_on_embeddings,
     train_scan,
@@ -127,3 +128,58 @@ def test_stage3_optimizer_decays_weights_apart_from_the_gradient() -> None:
     optimizer.step()
     # Decoupled: w * (1 - lr * wd). Adam with the decay in the gradient would step by lr (0.9).
     assert torch.allclose(w.detach(), torch.full((3,), 0.95))
+
+
+def warm_head_on_overlapping_blobs():
+    """A SCAN head after a short warm-up on close blobs sharing a large offset: right on most
+    images but confident on few, where self-labelling has something to do."""
+    x, labels = blobs(n_per=60, clusters=6, dim=16, seed=1, scale=1.2)
+    x = x + 20.0
+    views = torch.from_numpy(x)[None]
+    neighbours = torch.from_numpy(mine_knn(x - x.mean(0), 5))
+    torch.manual_seed(0)
+    heads = ClusterHeads(16, 6, n_heads=1)
+    config = ClusteringConfig(batch_size=120, heads=1)
+    train_heads_on_embeddings(heads, views, neighbours, config, epochs=5, seed=0, progress=False)
+    return heads.head(0), views, labels
+
+
+def test_self_label_on_embeddings_keeps_the_head_reading_raw_features() -> None:
+    head, views, _ = warm_head_on_overlapping_blobs()
+    before = head(views[0]).detach()
+    config = ClusteringConfig(batch_size=120, self_label_epochs=0)
+    self_label_on_embeddings(head, views, views, config, seed=0, progress=False)
+    assert torch.allclose(head(views[0]), before, atol=1e-4)
+
+
+def test_self_label_on_frozen_features_grows_the_confident_set() -> None:
+    # The frozen path must train at its own rate: at the backbone's (self_label_lr 1e-4) the
+    # confident share stayed at 0.06 for all 10 epochs.
+    head, views, labels = warm_head_on_overlapping_blobs()
+    acc_before = cluster_accuracy(labels, head(views[0]).argmax(1).numpy())
+    strong = views + 0.5 * torch.randn(
+        (4, *views.shape[1:]), generator=torch.Generator().manual_seed(0)
+    )
+    config = ClusteringConfig(
+        batch_size=120,
+        self_label_epochs=10,
+        self_label_threshold=0.9,
+        self_label_lr=1e-4,
+        frozen_self_label_lr=1e-2,
+    )
+    records: list[dict[str, float]] = []
+    self_label_on_embeddings(
+        head,
+        views,
+        strong,
+        config,
+        seed=0,
+        on_epoch_end=lambda e, m, o, r: records.append(r),
+        progress=False,
+    )
+    assert records[-1]["confident"] > records[0]["confident"] + 0.2
+    assert records[-1]["loss"] < records[0]["loss"]
+    # Confident on more images without losing the clusters it had (accuracy moved by
+    # -0.05 to +0.01 over four seeds of this set-up; self-labelling need not raise it).
+    predicted = head(views[0]).argmax(1).numpy()
+    assert cluster_accuracy(labels, predicted) > acc_before - 0.1
