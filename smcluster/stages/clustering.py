@@ -375,10 +375,10 @@ def self_label_on_embeddings(
     into the bias at the end, so the head reads raw features before and after. ``head`` must
     already be on the device the features should be fetched to.
     """
-    shift = embedding_mean(weak_views).to(head.weight.device)
+    device = head.weight.device
+    shift = embedding_mean(weak_views).to(device)
     with torch.no_grad():
         head.bias += head.weight @ shift
-    device = head.weight.device
     train_self_label(
         head,
         embedding_fetch(weak_views, device, shift),
