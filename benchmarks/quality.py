@@ -445,12 +445,13 @@ def baseline_command(
 STAGE1_COST = ("features_seconds", "features_images_per_s")
 
 
-def read_metrics(run: Path, stage1_cost: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A run's figures; ``stage1_cost`` replaces its stage-1 cost when stage 1 was copied."""
+def read_metrics(run: Path, stage1: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's figures; ``stage1`` (``stage1_cost``) replaces its stage-1 cost when stage 1
+    was copied."""
     metrics = json.loads((run / "metrics.json").read_text())
     flat: dict[str, Any] = {k: metrics.get(k) for k in METRIC_KEYS if k in metrics}
     flat.update({k: v for k, v in metrics.get("timings", {}).items() if k in METRIC_KEYS})
-    flat.update(stage1_cost or {})
+    flat.update(stage1 or {})
     return flat
 
 
@@ -584,12 +585,8 @@ def run_suite(opts: argparse.Namespace) -> Path:
                         + f", {wall:.0f} s, {peak:.0f} MB",
                         flush=True,
                     )
-                doc["runs"] = [
-                    r
-                    for r in doc["runs"]
-                    if (r["dataset"], r["seed"], r["variant"]) != (spec.name, seed, v.key)
-                ] + [record]
                 records[(spec.name, seed, v.key)] = record
+                doc["runs"] = list(records.values())
                 write_results(doc, stem, {s.name: s.clusters >= 100 for s in suite.data})
     return json_path
 

@@ -154,7 +154,7 @@ def test_self_label_on_embeddings_keeps_the_head_reading_raw_features() -> None:
 
 def test_self_label_on_frozen_features_grows_the_confident_set() -> None:
     # The frozen path must train at its own rate: at the backbone's (self_label_lr 1e-4) the
-    # confident share stayed at 0.06 for all 10 epochs.
+    # confident share went only from 0.08 to 0.09 in 10 epochs (0.11 -> 0.44 at 1e-2).
     head, views, labels = warm_head_on_overlapping_blobs()
     acc_before = cluster_accuracy(labels, head(views[0]).argmax(1).numpy())
     strong = views + 0.5 * torch.randn(
