@@ -20,7 +20,9 @@ import torch
 
 from smcluster.config import Config, nested_settings, preset
 from smcluster.data import ImageSet, load_dataset
-from smcluster.pipeline import IN_MEMORY, FittedModel, RunFolder, load_fitted, run_pipeline
+from smcluster.inference import FittedModel, load_fitted
+from smcluster.pipeline import run_pipeline
+from smcluster.runfolder import IN_MEMORY, RunFolder
 
 
 def build_config(

@@ -110,7 +110,7 @@ def _maybe_report(run: Path) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from smcluster.pipeline import evaluate_run
+    from smcluster.inference import evaluate_run
 
     metrics = evaluate_run(args.run)
     print(json.dumps(metrics, indent=2))
@@ -118,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from smcluster.pipeline import predict_paths
+    from smcluster.inference import predict_paths
 
     rows = predict_paths(args.run, [Path(p) for p in args.paths], output=args.output)
     print(f"assigned {rows} images -> {args.output}")

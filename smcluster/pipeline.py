@@ -1,22 +1,20 @@
-"""Runs the three stages and owns the run folder: checkpoints, arrays, resume, outputs.
+"""Runs the three stages into a run folder: orchestration, resume, outputs.
 
 The data flow is one way (METHOD.md): images -> stage 1 (feature model) -> features ->
 stage 2 (neighbours) -> stage 3 (cluster heads) -> assignments and metrics. Each stage's
 result is a file in the run folder (see CONTRIBUTING.md, "Run folder"); a stage whose file
 exists is not run again when a run is resumed, and a stage that was interrupted continues from
-its last finished epoch. Only rank 0 writes.
+its last finished epoch. Only rank 0 writes. The folder's layout lives in ``runfolder``;
+inference on a finished run in ``inference``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import platform
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,9 +29,16 @@ from torch import nn
 from smcluster.augment import ViewMaker
 from smcluster.config import Config
 from smcluster.data import ImageSet, load_dataset
-from smcluster.engine import make_fabric, map_batches, seed_everything
+from smcluster.engine import make_fabric, seed_everything
 from smcluster.metrics import evaluate, knn_accuracy
-from smcluster.models import ClusterHeads, build_backbone
+from smcluster.models import ClusterHeads
+from smcluster.runfolder import (
+    IN_MEMORY,
+    EpochCheckpoints,
+    RunFolder,
+    atomic_write,
+    resolve_config,
+)
 from smcluster.stages.clustering import (
     ClusteringModel,
     head_probabilities,
@@ -53,87 +58,6 @@ from smcluster.stages.features import (
 )
 from smcluster.stages.mining import MINING_METHODS, MiningInputs, images_needed
 from smcluster.stages.neighbours import neighbour_purity
-
-FILES = {
-    "config": "config.yaml",
-    "environment": "environment.json",
-    "history": "history.jsonl",
-    "features": "features.npy",
-    "embeddings": "embeddings.npy",
-    "neighbours_knn": "neighbours-knn.npy",
-    "neighbours": "neighbours.npy",
-    "probabilities": "probabilities.npy",
-    "assignments": "assignments.csv",
-    "metrics": "metrics.json",
-    "images": "images.npz",
-}
-
-IN_MEMORY = "<in-memory>"
-"""``data.source`` of images handed to the API as arrays; the run stores them in images.npz."""
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary sibling and rename, so no half-written file is ever seen."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-class RunFolder:
-    """The files of one run; the only code that knows the layout."""
-
-    def __init__(self, root: str | Path, *, writer: bool = True) -> None:
-        self.root = Path(root)
-        self.writer = writer
-
-    def path(self, key: str) -> Path:
-        return self.root / FILES[key]
-
-    def checkpoint_path(self, name: str) -> Path:
-        return self.root / "checkpoints" / f"{name}.pt"
-
-    def exists(self) -> bool:
-        return self.path("config").exists()
-
-    def save_json(self, key: str, data: dict[str, Any]) -> None:
-        if self.writer:
-            text = json.dumps(data, indent=2, default=float) + "\n"
-            atomic_write(self.path(key), lambda p: p.write_text(text))
-
-    def load_json(self, key: str) -> dict[str, Any]:
-        return json.loads(self.path(key).read_text())
-
-    def save_array(self, key: str, array: np.ndarray) -> None:
-        if self.writer:
-            atomic_write(self.path(key), lambda p: np.save(p.open("wb"), array))
-
-    def load_array(self, key: str) -> np.ndarray | None:
-        path = self.path(key)
-        return np.load(path, allow_pickle=False) if path.exists() else None
-
-    def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
-        if self.writer:
-            atomic_write(self.checkpoint_path(name), lambda p: torch.save(state, p))
-
-    def load_checkpoint(self, name: str) -> dict[str, Any] | None:
-        """A checkpoint saved by this run, loaded safely (``weights_only=True``)."""
-        path = self.checkpoint_path(name)
-        if not path.exists():
-            return None
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-    def log_epoch(self, stage: str, epoch: int, record: dict[str, Any]) -> None:
-        if self.writer:
-            line = json.dumps({"stage": stage, "epoch": epoch, **record}, default=float)
-            with self.path("history").open("a") as handle:
-                handle.write(line + "\n")
-
-    def history(self) -> list[dict[str, Any]]:
-        path = self.path("history")
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def environment(config: Config, fabric: Fabric) -> dict[str, Any]:
@@ -197,53 +121,6 @@ class RunResult:
     probabilities: np.ndarray
     metrics: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_config(root: str | Path, config: Config, *, resume: bool) -> Config:
-    """The configuration to run with; checks the output folder without writing anything.
-
-    A new run needs an absent or empty folder; ``resume`` needs a run there and continues
-    with its saved configuration (only progress and report switches may change).
-    """
-    folder = RunFolder(root)
-    if folder.exists():
-        if not resume:
-            raise ValueError(
-                f"{folder.root} already holds a run: pass resume=True (--resume) to continue "
-                "it, or choose another output folder"
-            )
-        keep = {"run": {"progress": config.run.progress, "report": config.run.report}}
-        saved = Config.load(folder.path("config")).updated(keep)
-        if saved.to_dict() != config.to_dict():
-            warnings.warn(
-                f"resuming {folder.root} with its saved configuration; the settings given now "
-                "are ignored",
-                stacklevel=3,
-            )
-        return saved
-    if resume:
-        raise ValueError(f"nothing to resume: {folder.root} holds no run (no {FILES['config']})")
-    if folder.root.exists() and any(folder.root.iterdir()):
-        raise ValueError(f"{folder.root} exists and is not empty: choose a new output folder")
-    return config
-
-
-class _Epochs:
-    """After every epoch of a stage: the ``-last`` checkpoint (unless ``log_only``), then a
-    history line, in that order, so history never runs ahead of what a resume restores."""
-
-    def __init__(self, folder: RunFolder, name: str, *, log_only: bool = False) -> None:
-        self.folder, self.name, self.log_only = folder, name, log_only
-
-    def __call__(self, epoch: int, model: nn.Module, optimizer, record: dict[str, Any]) -> None:
-        if not self.log_only:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-            }
-            self.folder.save_checkpoint(f"{self.name}-last", state)
-        self.folder.log_epoch(self.name, epoch, record)
 
 
 def run_pipeline(
@@ -384,7 +261,7 @@ def _stage_neighbours(
             weak_embeddings,
             config,
             run.fabric.device,
-            on_epoch_end=_Epochs(folder, "mining-head", log_only=True),
+            on_epoch_end=EpochCheckpoints(folder, "mining-head", log_only=True),
         )
         mined = MINING_METHODS[config.mining.method](inputs)
         neighbours, knn = mined.neighbours, mined.knn
@@ -485,7 +362,7 @@ def _stage_features(run: _Run) -> nn.Module:
         config,
         run.fabric,
         checkpoint=folder.load_checkpoint("features-last"),
-        on_epoch_end=_Epochs(folder, "features"),
+        on_epoch_end=EpochCheckpoints(folder, "features"),
     )
     folder.save_checkpoint(
         "features",
@@ -528,7 +405,7 @@ def _stage_clustering(
             "epochs": c.epochs,
             "seed": config.run.seed,
             "checkpoint": folder.load_checkpoint("clustering-last"),
-            "on_epoch_end": _Epochs(folder, "clustering"),
+            "on_epoch_end": EpochCheckpoints(folder, "clustering"),
             "progress": config.run.progress,
         }
         if frozen:
@@ -559,7 +436,7 @@ def _stage_self_label(
     kept = model.heads.head(best)
     schedule = {
         "seed": config.run.seed,
-        "on_epoch_end": _Epochs(run.folder, "selflabel"),
+        "on_epoch_end": EpochCheckpoints(run.folder, "selflabel"),
         "progress": config.run.progress,
     }
     started = time.perf_counter()
@@ -640,113 +517,3 @@ def _write_assignments(
     text = buffer.getvalue()
     if folder.writer:
         atomic_write(folder.path("assignments"), lambda p: p.write_text(text))
-
-
-@dataclass
-class FittedModel:
-    """What ``predict`` needs from a finished run: the backbone, the heads and the input shape."""
-
-    config: Config
-    backbone: nn.Module
-    heads: ClusterHeads
-    channels: int
-    image_size: int
-
-    @torch.no_grad()
-    def predict_proba(self, data: ImageSet, batch_size: int = 256) -> np.ndarray:
-        """Soft assignments (N x C) of the kept head on the un-augmented images."""
-        self.backbone.eval()
-        self.heads.eval()
-        device = next(self.heads.parameters()).device
-
-        def network(images: torch.Tensor) -> torch.Tensor:
-            x = images.float() / 255.0
-            return torch.softmax(self.heads.predict_logits(self.backbone(x)), dim=1)
-
-        return map_batches(network, data, batch_size=batch_size, device=device).numpy()
-
-
-def load_fitted(run: str | Path, device: str | torch.device = "cpu") -> FittedModel:
-    """Load a finished run's model (safely, ``weights_only``) for prediction."""
-    folder = RunFolder(run)
-    if not folder.exists():
-        raise FileNotFoundError(f"{folder.root} is not a run folder (no {FILES['config']})")
-    config = Config.load(folder.path("config"))
-    features = folder.load_checkpoint("features")
-    clustering = folder.load_checkpoint("selflabel") or folder.load_checkpoint("clustering")
-    if features is None or clustering is None:
-        raise ValueError(f"{folder.root} has not finished: run `smcluster fit --resume` first")
-    channels, image_size = int(features["channels"]), int(features["image_size"])
-    f = config.features
-    backbone = build_backbone(f.backbone, channels, width=f.width, small_stem=f.small_stem)
-    prefix = "online.backbone."
-    backbone.load_state_dict(
-        {k[len(prefix) :]: v for k, v in features["model"].items() if k.startswith(prefix)}
-    )
-    heads = ClusterHeads(backbone.out_dim, config.n_clusters, config.clustering.heads)
-    state = clustering["model"]
-    heads.load_state_dict(
-        {k[len("heads.") :]: v for k, v in state.items() if k.startswith("heads.")}
-    )
-    tuned = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
-    if tuned:
-        backbone.load_state_dict(tuned)
-    return FittedModel(config, backbone.to(device), heads.to(device), channels, image_size)
-
-
-def evaluate_run(run: str | Path) -> dict[str, Any]:
-    """Recompute a finished run's metrics from its outputs and the labels it recorded."""
-    folder = RunFolder(run)
-    if not folder.exists():
-        raise FileNotFoundError(f"{folder.root} is not a run folder (no {FILES['config']})")
-    probabilities = folder.load_array("probabilities")
-    if probabilities is None:
-        raise ValueError(f"{folder.root} has not finished: run `smcluster fit --resume` first")
-    with folder.path("assignments").open() as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "label" not in rows[0]:
-        raise ValueError(f"the images of {folder.root} had no labels: nothing to evaluate")
-    labels = np.array([int(r["label"]) for r in rows])
-    metrics = folder.load_json("metrics") if folder.path("metrics").exists() else {}
-    metrics.update(evaluate(labels, probabilities.argmax(axis=1)))
-    for key in ("neighbours", "neighbours_knn"):
-        array = folder.load_array(key)
-        if array is not None:
-            name = "neighbour_purity" if key == "neighbours" else "neighbour_purity_knn"
-            metrics[name] = neighbour_purity(array, labels)
-    folder.save_json("metrics", metrics)
-    return metrics
-
-
-def predict_paths(run: str | Path, paths: list[Path], *, output: Path) -> int:
-    """Assign new images (files, folders, or .npz files) and write ``output`` as CSV."""
-    from smcluster.data import images_from_paths
-
-    model = load_fitted(run)
-    files: list[Path] = []
-    sets: list[ImageSet] = []
-    for path in paths:
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
-        if path.suffix == ".npz":
-            sets.append(
-                load_dataset(str(path), image_size=model.image_size, channels=model.channels)
-            )
-        elif path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
-        else:
-            files.append(path)
-    if files:
-        sets.append(images_from_paths(files, image_size=model.image_size, channels=model.channels))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["id", "cluster", "confidence"])
-    count = 0
-    for data in sets:
-        probs = model.predict_proba(data)
-        for i, row in enumerate(probs):
-            writer.writerow([data.ids[i], int(row.argmax()), f"{row.max():.4f}"])
-        count += len(probs)
-    text = buffer.getvalue()
-    atomic_write(Path(output), lambda p: p.write_text(text))
-    return count

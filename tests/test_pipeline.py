@@ -17,8 +17,9 @@ import yaml
 
 from smcluster.api import SMCluster
 from smcluster.data import load_dataset
+from smcluster.inference import evaluate_run, load_fitted
 from smcluster.metrics import SCORES
-from smcluster.pipeline import RunFolder, evaluate_run, load_fitted
+from smcluster.runfolder import RunFolder
 
 QUICK = {
     "features__epochs": 2,

@@ -1,0 +1,134 @@
+"""Inference on a finished run: load its model, predict new images, re-evaluate its outputs.
+
+Reads what ``pipeline`` wrote (through ``RunFolder``); never trains.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from smcluster.config import Config
+from smcluster.data import ImageSet, load_dataset
+from smcluster.engine import map_batches
+from smcluster.metrics import evaluate
+from smcluster.models import ClusterHeads, build_backbone
+from smcluster.runfolder import FILES, RunFolder, atomic_write
+from smcluster.stages.neighbours import neighbour_purity
+
+
+@dataclass
+class FittedModel:
+    """What ``predict`` needs from a finished run: the backbone, the heads and the input shape."""
+
+    config: Config
+    backbone: nn.Module
+    heads: ClusterHeads
+    channels: int
+    image_size: int
+
+    @torch.no_grad()
+    def predict_proba(self, data: ImageSet, batch_size: int = 256) -> np.ndarray:
+        """Soft assignments (N x C) of the kept head on the un-augmented images."""
+        self.backbone.eval()
+        self.heads.eval()
+        device = next(self.heads.parameters()).device
+
+        def network(images: torch.Tensor) -> torch.Tensor:
+            x = images.float() / 255.0
+            return torch.softmax(self.heads.predict_logits(self.backbone(x)), dim=1)
+
+        return map_batches(network, data, batch_size=batch_size, device=device).numpy()
+
+
+def load_fitted(run: str | Path, device: str | torch.device = "cpu") -> FittedModel:
+    """Load a finished run's model (safely, ``weights_only``) for prediction."""
+    folder = RunFolder(run)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder.root} is not a run folder (no {FILES['config']})")
+    config = Config.load(folder.path("config"))
+    features = folder.load_checkpoint("features")
+    clustering = folder.load_checkpoint("selflabel") or folder.load_checkpoint("clustering")
+    if features is None or clustering is None:
+        raise ValueError(f"{folder.root} has not finished: run `smcluster fit --resume` first")
+    channels, image_size = int(features["channels"]), int(features["image_size"])
+    f = config.features
+    backbone = build_backbone(f.backbone, channels, width=f.width, small_stem=f.small_stem)
+    prefix = "online.backbone."
+    backbone.load_state_dict(
+        {k[len(prefix) :]: v for k, v in features["model"].items() if k.startswith(prefix)}
+    )
+    heads = ClusterHeads(backbone.out_dim, config.n_clusters, config.clustering.heads)
+    state = clustering["model"]
+    heads.load_state_dict(
+        {k[len("heads.") :]: v for k, v in state.items() if k.startswith("heads.")}
+    )
+    tuned = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+    if tuned:
+        backbone.load_state_dict(tuned)
+    return FittedModel(config, backbone.to(device), heads.to(device), channels, image_size)
+
+
+def evaluate_run(run: str | Path) -> dict[str, Any]:
+    """Recompute a finished run's metrics from its outputs and the labels it recorded."""
+    folder = RunFolder(run)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder.root} is not a run folder (no {FILES['config']})")
+    probabilities = folder.load_array("probabilities")
+    if probabilities is None:
+        raise ValueError(f"{folder.root} has not finished: run `smcluster fit --resume` first")
+    with folder.path("assignments").open() as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "label" not in rows[0]:
+        raise ValueError(f"the images of {folder.root} had no labels: nothing to evaluate")
+    labels = np.array([int(r["label"]) for r in rows])
+    metrics = folder.load_json("metrics") if folder.path("metrics").exists() else {}
+    metrics.update(evaluate(labels, probabilities.argmax(axis=1)))
+    for key in ("neighbours", "neighbours_knn"):
+        array = folder.load_array(key)
+        if array is not None:
+            name = "neighbour_purity" if key == "neighbours" else "neighbour_purity_knn"
+            metrics[name] = neighbour_purity(array, labels)
+    folder.save_json("metrics", metrics)
+    return metrics
+
+
+def predict_paths(run: str | Path, paths: list[Path], *, output: Path) -> int:
+    """Assign new images (files, folders, or .npz files) and write ``output`` as CSV."""
+    from smcluster.data import images_from_paths
+
+    model = load_fitted(run)
+    files: list[Path] = []
+    sets: list[ImageSet] = []
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        if path.suffix == ".npz":
+            sets.append(
+                load_dataset(str(path), image_size=model.image_size, channels=model.channels)
+            )
+        elif path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        else:
+            files.append(path)
+    if files:
+        sets.append(images_from_paths(files, image_size=model.image_size, channels=model.channels))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["id", "cluster", "confidence"])
+    count = 0
+    for data in sets:
+        probs = model.predict_proba(data)
+        for i, row in enumerate(probs):
+            writer.writerow([data.ids[i], int(row.argmax()), f"{row.max():.4f}"])
+        count += len(probs)
+    text = buffer.getvalue()
+    atomic_write(Path(output), lambda p: p.write_text(text))
+    return count
