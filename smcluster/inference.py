@@ -19,8 +19,9 @@ from smcluster.config import Config
 from smcluster.data import ImageSet, load_dataset
 from smcluster.engine import map_batches
 from smcluster.metrics import evaluate
-from smcluster.models import ClusterHeads, build_backbone
+from smcluster.models import ClusterHeads
 from smcluster.runfolder import FILES, RunFolder, atomic_write
+from smcluster.stages.features import stage1_backbone
 from smcluster.stages.neighbours import neighbour_purity
 
 
@@ -59,12 +60,7 @@ def load_fitted(run: str | Path, device: str | torch.device = "cpu") -> FittedMo
     if features is None or clustering is None:
         raise ValueError(f"{folder.root} has not finished: run `smcluster fit --resume` first")
     channels, image_size = int(features["channels"]), int(features["image_size"])
-    f = config.features
-    backbone = build_backbone(f.backbone, channels, width=f.width, small_stem=f.small_stem)
-    prefix = "online.backbone."
-    backbone.load_state_dict(
-        {k[len(prefix) :]: v for k, v in features["model"].items() if k.startswith(prefix)}
-    )
+    backbone = stage1_backbone(config, features)
     heads = ClusterHeads(backbone.out_dim, config.n_clusters, config.clustering.heads)
     state = clustering["model"]
     heads.load_state_dict(

@@ -30,6 +30,7 @@ from smcluster.engine import (
 )
 from smcluster.losses import nt_xent, symmetric_queue_info_nce
 from smcluster.models import MLP, Backbone, build_backbone
+from smcluster.models.pretrained import build_pretrained, is_pretrained
 from smcluster.momentum import MomentumQueue, cosine_lr, cosine_momentum, ema_update
 
 
@@ -153,6 +154,29 @@ def build_feature_model(config: Config, channels: int, n_images: int) -> nn.Modu
     f = config.features
     backbone = build_backbone(f.backbone, channels, width=f.width, small_stem=f.small_stem)
     return FEATURE_MODELS[f.model](backbone, config, queue_length_for(config, n_images))
+
+
+def stage1_backbone(
+    config: Config, checkpoint: dict[str, Any], *, load_weights: bool = True
+) -> nn.Module:
+    """The online backbone F saved in a stage-1 checkpoint (``{"model", "channels", ...}``).
+
+    Rebuilds the configured architecture and loads its ``online.backbone.*`` weights, for
+    prediction with a finished run and for a ``run:PATH`` backbone source.
+    """
+    f = config.features
+    if is_pretrained(f.backbone):
+        backbone: nn.Module = build_pretrained(f.backbone)
+    else:
+        channels = int(checkpoint["channels"])
+        backbone = build_backbone(f.backbone, channels, width=f.width, small_stem=f.small_stem)
+    if load_weights:
+        prefix = "online.backbone."
+        state = checkpoint["model"]
+        backbone.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
+    return backbone
 
 
 def fit_normalization(backbone: Backbone, data, sample: int = 4096) -> None:
