@@ -123,7 +123,9 @@ class Preprocess:
 
         Resizing width then height, with the range clamped in between, follows Pillow's two
         separable passes over uint8 pixels: bicubic overshoot on sharp edges is clipped after
-        each pass, and a single 2-D pass differs from Pillow by up to 20/255 on noisy images.
+        each pass (a single 2-D pass differs from Pillow by up to 20/255 on noisy images).
+        Recent Pillow sometimes runs the vertical pass first; on smooth pictures the order
+        changes nothing, on pure noise single pixels then differ as much (tests/models).
         """
         return F.interpolate(
             x, size=(height, width), mode=self.interpolation, align_corners=False, antialias=True
