@@ -61,6 +61,26 @@ def load_npz(
     )
 
 
+def npz_image_shape(path: str | Path) -> tuple[int, int, int] | None:
+    """``(width, height, channels)`` of the images in an ``.npz`` file, read from the array's
+    header without loading the pixels; None when the header does not tell (``load_npz`` then
+    says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{IMAGES}.npy") as handle:
+            version = np.lib.format.read_magic(handle)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape = read(handle)[0]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    if len(shape) == 3:
+        return shape[2], shape[1], 1
+    return (shape[2], shape[1], shape[3]) if len(shape) == 4 else None
+
+
 def _field(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
     try:
         return archive[key]
