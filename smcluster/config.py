@@ -451,7 +451,7 @@ _Loader.add_implicit_resolver(
 def load_yaml(text: str, source: str) -> Any:
     """Parse YAML ``text``; a syntax error is a ValueError naming ``source`` and the line."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no Python objects
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
