@@ -4,8 +4,9 @@
     >>> model = SMCluster(n_clusters=10, preset="demo").fit("digits")
     >>> model.labels_[:5], model.metrics_["acc"]
 
-Settings are given as a preset, a ``Config`` and/or keyword overrides in scikit-learn's
-nested-parameter style (``features__epochs=50``); everything is validated before work starts.
+Settings are given as a preset, a ``Config`` or YAML file and/or keyword overrides in
+scikit-learn's nested-parameter style (``features__epochs=50``), applied in that order
+(``build_config``); everything is validated before work starts.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from smcluster.config import Config, nested_settings, preset
+from smcluster.config import Config, load_settings, nested_settings, preset
 from smcluster.data import ImageSet, load_dataset
-from smcluster.inference import FittedModel, load_fitted
+from smcluster.inference import FittedModel, load_fitted, warn_if_converted
 from smcluster.pipeline import run_pipeline
 from smcluster.runfolder import IN_MEMORY, RunFolder
 
@@ -32,14 +33,24 @@ def build_config(
     config: Config | str | Path | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Config:
-    """Defaults < YAML/Config < preset < overrides < n_clusters, validated."""
-    base = (
-        config
-        if isinstance(config, Config)
-        else (Config.load(config) if config is not None else Config())
-    )
-    if preset_name is not None:
-        base = base.updated(preset(preset_name))
+    """The validated configuration; later sources win: defaults < preset < config file <
+    overrides < n_clusters.
+
+    A YAML file overrides only the settings it names, so ``--config tuned.yaml --preset demo``
+    is the demo preset with the file's changes. A ``Config`` object holds every setting, so it
+    replaces the defaults and cannot be combined with a preset.
+    """
+    if isinstance(config, Config):
+        if preset_name is not None:
+            raise ValueError(
+                f"a Config object holds every setting, so preset {preset_name!r} would change "
+                f"nothing: pass config=Config().updated(preset({preset_name!r})) instead"
+            )
+        base = config
+    else:
+        base = Config().updated(preset(preset_name)) if preset_name is not None else Config()
+        if config is not None:
+            base = base.updated(load_settings(config))
     if overrides:
         base = base.updated(overrides)
     if n_clusters is not None:
@@ -71,7 +82,8 @@ class SMCluster:
     ----------
     n_clusters: number of clusters C.
     preset: a named preset (``smcluster.config.PRESETS``), e.g. ``"demo"`` or ``"cpu-mnist"``.
-    config: a ``Config`` or the path of a YAML file.
+    config: the path of a YAML file (its settings override the preset's), or a ``Config``
+        (every setting; not together with ``preset``).
     out: the run folder; a fresh temporary folder when omitted.
     **settings: overrides, nested with ``__``: ``features__epochs=50``, ``mining__q=10``.
 
@@ -147,6 +159,9 @@ class SMCluster:
 
     def _new_data(self, X: Any) -> ImageSet:
         model = self._model()
+        if isinstance(X, np.ndarray) and X.ndim in (3, 4):
+            shape = (X.shape[2], X.shape[1], 1 if X.ndim == 3 else X.shape[3])
+            warn_if_converted({shape}, model.image_size, model.channels)
         cfg = model.config.updated(
             {"data": {"image_size": model.image_size, "channels": model.channels}}
         )

@@ -14,13 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from smcluster.config import PRESETS, nested_settings, preset
+from smcluster.config import PRESETS, load_yaml, nested_settings, preset
+
+SETTINGS_ORDER = (
+    "Settings apply in this order, later ones winning: the defaults, then --preset, then the "
+    "--config file (only the settings it names), then the flags and --set."
+)
 
 
 def fit_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,7 +61,7 @@ def fit_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
         path, value = item.split("=", 1)
-        settings[path] = yaml.safe_load(value)
+        settings[path] = load_yaml(value, f"--set {item}")
     return nested_settings(settings, separator=".")
 
 
@@ -156,9 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit", help="run all three stages and write a run folder")
-    fit.add_argument("--config", help="YAML file of settings (see `smcluster presets`)")
-    fit.add_argument("--preset", choices=sorted(PRESETS), help="named settings")
+    fit = sub.add_parser(
+        "fit", help="run all three stages and write a run folder", description=SETTINGS_ORDER
+    )
+    fit.add_argument(
+        "--config", help="YAML file of settings (see `smcluster presets`); overrides --preset"
+    )
+    fit.add_argument(
+        "--preset", choices=sorted(PRESETS), help="named settings, under --config and flags"
+    )
     fit.add_argument("--data", help="digits | FILE.npz | IMAGE_FOLDER | cifar10 | stl10 | ...")
     fit.add_argument("--clusters", type=int, help="number of clusters C")
     fit.add_argument("--out", type=Path, help="run folder (default runs/<data>-<time>)")
@@ -244,12 +256,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OS_ERROR_ADVICE: dict[type[OSError], str] = {
+    PermissionError: "no permission: choose a path you can write to, or change its permissions",
+    NotADirectoryError: "part of that path is a file, not a folder: choose another path",
+    IsADirectoryError: "that is a folder: name a file",
+    FileExistsError: "it already exists: choose another path, or remove it",
+    FileNotFoundError: "check that the path exists",
+}
+"""What to do about an error of the operating system, by its type (else: check the path,
+its permissions and the free disk space)."""
+
+
+def error_message(error: Exception) -> str:
+    """One line for an error: our own messages as they are, an OS error as file, reason, advice."""
+    if not isinstance(error, OSError) or error.errno is None:
+        return str(error)
+    advice = next(
+        (OS_ERROR_ADVICE[t] for t in type(error).__mro__ if t in OS_ERROR_ADVICE),
+        "check the path, its permissions and the free disk space",
+    )
+    path = error.filename2 if error.filename2 is not None else error.filename
+    where = f"{path}: " if path is not None else ""
+    return f"{where}{error.strerror or error}; {advice}"
+
+
+def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    """Warnings as one line each (``warnings.showwarning`` while a command runs)."""
+    print(f"smcluster: warning: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"smcluster: error: {error}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except (ValueError, OSError) as error:
+        print(f"smcluster: error: {error_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

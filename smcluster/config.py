@@ -1,21 +1,30 @@
 """Typed settings of a run: dataclasses with the METHOD.md defaults, presets, YAML round-trip.
 
 Every setting is a field with the default METHOD.md gives (or the Decision it records);
-``Config.validate`` checks the whole configuration before any work starts, and presets are
-plain nested dicts of overrides, so a preset, a YAML file and command-line flags compose the
-same way.
+``Config.validate`` checks the whole configuration before any work starts: every value against
+its field's annotation, every number against ``RANGES`` (``>= 0`` when not listed), and the
+choices. Presets are plain nested dicts of overrides, so a preset, a YAML file and
+command-line flags compose the same way (``api.build_config`` says in which order).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import math
+import numbers
+import re
+import types
+import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from smcluster.augment import MAX_LEVEL
 from smcluster.models.backbones import BACKBONES
 
 
@@ -151,8 +160,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        """Build a Config from nested dicts, rejecting unknown keys by name."""
-        return _from_dict(cls, data, "config")
+        """Build a Config from nested dicts; unknown keys and values of the wrong type are a
+        ValueError naming the setting (ints are taken for floats, lists for pairs)."""
+        return _from_dict(cls, data, "")
 
     def updated(self, overrides: dict[str, Any]) -> Config:
         """A copy with the nested ``overrides`` applied (unknown keys are an error)."""
@@ -163,26 +173,25 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of settings at the top level")
-        return cls.from_dict(data)
+        """A saved or hand-written YAML file of settings, validated (``load_settings``)."""
+        return cls.from_dict(load_settings(path))
 
     def validate(self) -> Config:
-        """Check every setting before work starts; raise ValueError naming the bad one."""
+        """Check every setting before work starts; raise ValueError naming the bad one.
+
+        Types first (a Config built directly is not checked by ``from_dict``), then the range
+        of every number, then choices and the settings that depend on each other.
+        """
         from smcluster.stages.features import FEATURE_MODELS, MINING_FEATURES
         from smcluster.stages.mining import BACKEND_CHOICES, MINING_METHODS
         from smcluster.stages.neighbours import SCORERS
 
+        for name, value, annotation in _settings(self, ""):
+            typed(value, annotation, name)
+            allowed = RANGES.get(name, AT_LEAST_0)
+            if _is_number(value) and value not in allowed:
+                raise ValueError(f"{name} must be {allowed}, got {value}")
         checks: list[tuple[bool, str]] = [
-            (self.n_clusters >= 2, f"n_clusters must be at least 2, got {self.n_clusters}"),
-            (
-                self.data.image_size is None or self.data.image_size >= 8,
-                f"data.image_size must be at least 8 px, got {self.data.image_size}",
-            ),
             (
                 self.data.channels in (None, 1, 3),
                 f"data.channels must be 1 or 3, got {self.data.channels}",
@@ -191,16 +200,9 @@ class Config:
                 0 < self.augment.crop_scale[0] <= self.augment.crop_scale[1] <= 1,
                 f"augment.crop_scale must be 0 < low <= high <= 1, got {self.augment.crop_scale}",
             ),
-            (self.augment.num_ops >= 0, "augment.num_ops must be >= 0"),
-            (0 <= self.augment.cutout_fraction < 1, "augment.cutout_fraction must be in [0, 1)"),
             _one_of("features.model", self.features.model, FEATURE_MODELS),
             _one_of("features.backbone", self.features.backbone, BACKBONES),
             _one_of("features.mining_features", self.features.mining_features, MINING_FEATURES),
-            (self.features.temperature > 0, "features.temperature must be positive"),
-            (0 <= self.features.momentum_base <= 1, "features.momentum_base must be in [0, 1]"),
-            (self.features.epochs >= 0, "features.epochs must be >= 0"),
-            (self.features.batch_size >= 2, "features.batch_size must be >= 2"),
-            (self.features.queue_length >= 1, "features.queue_length must be >= 1"),
             (
                 self.features.bn_group_size == 0 or self.features.bn_group_size >= 2,
                 "features.bn_group_size must be 0 (whole batch) or at least 2 (BatchNorm needs "
@@ -209,19 +211,7 @@ class Config:
             _one_of("mining.method", self.mining.method, MINING_METHODS),
             _one_of("mining.agreement", self.mining.agreement, SCORERS),
             _one_of("mining.backend", self.mining.backend, BACKEND_CHOICES),
-            (self.mining.q >= 1, f"mining.q must be >= 1, got {self.mining.q}"),
-            (self.clustering.heads >= 1, "clustering.heads must be >= 1"),
-            (self.clustering.epochs >= 1, "clustering.epochs must be >= 1"),
-            (self.clustering.feature_views >= 1, "clustering.feature_views must be >= 1"),
-            (self.clustering.entropy_weight >= 0, "clustering.entropy_weight must be >= 0"),
-            (
-                0 < self.clustering.self_label_threshold < 1,
-                "clustering.self_label_threshold must be in (0, 1)",
-            ),
             _one_of("run.precision", self.run.precision, PRECISIONS),
-            (self.run.devices >= 1 and self.run.num_nodes >= 1, "run.devices/num_nodes >= 1"),
-            (self.run.threads is None or self.run.threads >= 1, "run.threads must be >= 1"),
-            (self.run.workers >= 0, "run.workers must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -244,6 +234,10 @@ def nested_settings(flat: dict[str, Any], separator: str = "__") -> dict[str, An
         node = nested
         for part in parents:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key} conflicts with a setting of {part} itself")
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"{key} conflicts with settings inside it")
         node[leaf] = value
     return nested
 
@@ -259,23 +253,237 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+def _from_dict(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+        raise ValueError(
+            f"{where or 'the settings'} must be a mapping of settings, got {_shown(data)} "
+            f"({type(data).__name__})"
+        )
+    annotations = _annotations(cls)
+    unknown = sorted(repr(key) for key in data if key not in annotations)
     if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(fields)}")
+        raise ValueError(
+            f"unknown setting(s) {', '.join(unknown)} in {where or 'the top level'}; "
+            f"known: {', '.join(annotations)}"
+        )
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        default = getattr(cls(), name) if name not in kwargs else None
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple):
-            kwargs[name] = tuple(value)
+        annotation = annotations[name]
+        setting = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = _from_dict(annotation, value, setting)
         else:
-            kwargs[name] = value
+            kwargs[name] = typed(value, annotation, setting)
     return cls(**kwargs)
+
+
+@functools.cache
+def _annotations(cls: type) -> dict[str, Any]:
+    """Field name -> its annotation, evaluated (this module's annotations are strings)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _settings(node: Any, where: str) -> Iterator[tuple[str, Any, Any]]:
+    """Every leaf setting of a config as ``(dotted name, value, annotation)``."""
+    for name, annotation in _annotations(type(node)).items():
+        setting = f"{where}.{name}" if where else name
+        value = getattr(node, name)
+        if not dataclasses.is_dataclass(annotation):
+            yield setting, value, annotation
+        elif isinstance(value, annotation):
+            yield from _settings(value, setting)
+        else:
+            raise ValueError(
+                f"{setting} must be a mapping of settings ({annotation.__name__}), got "
+                f"{_shown(value)} ({type(value).__name__})"
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+_SCALARS: dict[type, tuple[Callable[[Any], bool], Callable[[Any], Any], str]] = {
+    bool: (lambda v: isinstance(v, bool), bool, "true or false"),
+    int: (_is_int, int, "a whole number"),
+    float: (_is_finite_number, float, "a finite number"),
+    str: (lambda v: isinstance(v, str), str, "text"),
+}
+"""Annotation -> (accepts a value, converts it to the plain Python type, its description)."""
+
+
+def typed(value: Any, annotation: Any, name: str) -> Any:
+    """``value`` as a setting annotated ``annotation``, or a ValueError naming ``name``.
+
+    Handles the annotations settings use: bool, int, float (ints and numpy numbers are taken
+    and converted), str, ``X | None`` and fixed-length tuples (lists are taken).
+    """
+    origin, options = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is not type(None):
+                try:
+                    return typed(value, option, name)
+                except ValueError:
+                    pass
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)) and len(value) == len(options):
+            pairs = zip(value, options, strict=True)
+            return tuple(typed(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(pairs))
+    elif _scalar(annotation)[0](value):
+        return _scalar(annotation)[1](value)
+    raise ValueError(
+        f"{name} must be {_describe(annotation)}, got {_shown(value)} ({type(value).__name__})"
+    )
+
+
+def _describe(annotation: Any) -> str:
+    options = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join("null" if o is type(None) else _describe(o) for o in options)
+    if typing.get_origin(annotation) is tuple and len(set(options)) == 1:
+        return f"a list of {len(options)}, each {_describe(options[0])}"
+    if typing.get_origin(annotation) is tuple:
+        return f"a list of {len(options)}: " + ", ".join(_describe(o) for o in options)
+    return _scalar(annotation)[2]
+
+
+def _scalar(annotation: Any) -> tuple[Callable[[Any], bool], Callable[[Any], Any], str]:
+    if annotation not in _SCALARS:
+        raise TypeError(f"settings of type {annotation} have no check: add one to _SCALARS")
+    return _SCALARS[annotation]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: ``low <= value <= high`` (strict where open)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+AT_LEAST_2 = Range(2)
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1, high_open=True)
+
+RANGES: dict[str, Range] = {
+    "n_clusters": AT_LEAST_2,
+    "data.image_size": Range(8),
+    "augment.magnitude": Range(0, MAX_LEVEL),
+    "augment.max_magnitude": Range(0, MAX_LEVEL),
+    "augment.cutout_fraction": FRACTION,
+    "augment.weak_shift": FRACTION,
+    "features.width": AT_LEAST_1,
+    "features.projector_hidden": AT_LEAST_1,
+    "features.out_dim": AT_LEAST_1,
+    "features.predictor_hidden": AT_LEAST_1,
+    "features.temperature": POSITIVE,
+    "features.simclr_temperature": POSITIVE,
+    "features.momentum_base": Range(0, 1),
+    "features.queue_length": AT_LEAST_1,
+    "features.batch_size": AT_LEAST_2,
+    "features.lr": POSITIVE,
+    "mining.q": AT_LEAST_1,
+    "clustering.heads": AT_LEAST_1,
+    "clustering.epochs": AT_LEAST_1,
+    "clustering.batch_size": AT_LEAST_2,
+    "clustering.lr": POSITIVE,
+    "clustering.frozen_lr": POSITIVE,
+    "clustering.feature_views": AT_LEAST_1,
+    "clustering.self_label_threshold": Range(0, 1, low_open=True, high_open=True),
+    "clustering.self_label_lr": POSITIVE,
+    "clustering.frozen_self_label_lr": POSITIVE,
+    "run.threads": AT_LEAST_1,
+    "run.devices": AT_LEAST_1,
+    "run.num_nodes": AT_LEAST_1,
+}
+"""Allowed values of the numeric settings; a numeric setting not listed must be >= 0 (epochs,
+warm-ups, weight decays, workers, seed, ...)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as text; this reads it as a number, as YAML 1.2 and Python do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML ``text``; a syntax error is a ValueError naming ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no Python objects
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{source}:{line} not valid YAML ({problem}); fix the YAML") from None
+    except ValueError as error:
+        raise ValueError(f"{source}: a value could not be read ({error}); fix the YAML") from None
+
+
+def load_settings(path: str | Path) -> dict[str, Any]:
+    """The settings of a YAML file as nested dicts, checked: a mapping of known settings of
+    the right types and ranges (errors name the file). Only the settings the file gives."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"config file {path} {what}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text (UTF-8) file: give a YAML file") from None
+    data = load_yaml(text, str(path))
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: expected a mapping of settings at the top level (e.g. `n_clusters: 10`), "
+            f"got {type(data).__name__}"
+        )
+    try:
+        Config.from_dict(data).validate()
+    except ValueError as error:
+        raise ValueError(f"{path}: {error} (fix it in that file)") from None
+    return data
 
 
 def _small_cnn(width: int, hidden: int, out_dim: int, **schedule: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ from torch import nn
 
 from smcluster.config import Config
 from smcluster.data import ImageSet, load_dataset
+from smcluster.data.npz import npz_image_shape
+from smcluster.data.pixels import probe_shape
 from smcluster.engine import map_batches
 from smcluster.metrics import evaluate
 from smcluster.models import ClusterHeads
-from smcluster.runfolder import FILES, RunFolder, atomic_write
+from smcluster.runfolder import FILES, RunFolder, atomic_write, check_can_create
 from smcluster.stages.features import stage1_backbone
 from smcluster.stages.neighbours import neighbour_purity
 
@@ -96,17 +99,64 @@ def evaluate_run(run: str | Path) -> dict[str, Any]:
     return metrics
 
 
+class InputShapeWarning(UserWarning):
+    """Images given to ``predict`` were resized or converted to the run's input."""
+
+
+def warn_if_converted(shapes: set[tuple[int, int, int]], image_size: int, channels: int) -> None:
+    """Warn when images of other ``(width, height, channels)`` shapes than the run's input
+    are about to be converted to it (its networks take no other)."""
+    run_shape = (image_size, image_size, channels)
+    others = sorted(s for s in shapes if s != run_shape)
+    if not others:
+        return
+    verb = "resized" if any(s[:2] != run_shape[:2] for s in others) else "converted"
+    seen = ", ".join(_shape_text(s) for s in others[:3])
+    more = f" and {len(others) - 3} other shapes" if len(others) > 3 else ""
+    warnings.warn(
+        f"{verb} {seen}{more} images to the run's {_shape_text(run_shape)}, the only input "
+        "its networks take; to cluster them at their own size, fit a run on them",
+        InputShapeWarning,
+        stacklevel=3,
+    )
+
+
+def _shape_text(shape: tuple[int, int, int]) -> str:
+    width, height, channels = shape
+    return f"{width} x {height} {'grey' if channels == 1 else 'RGB'}"
+
+
+def _file_shapes(files: list[Path]) -> set[tuple[int, int, int]]:
+    shapes = set()
+    for path in files:
+        try:
+            shapes.add(probe_shape(path))
+        except Exception:  # unreadable: images_from_paths skips and reports it
+            continue
+    return shapes
+
+
 def predict_paths(run: str | Path, paths: list[Path], *, output: Path) -> int:
-    """Assign new images (files, folders, or .npz files) and write ``output`` as CSV."""
+    """Assign new images (files, folders, or .npz files) and write ``output`` as CSV.
+
+    Images of another size or channel count than the run's are converted to its input, with
+    an ``InputShapeWarning`` naming both shapes.
+    """
     from smcluster.data import images_from_paths
 
+    output = Path(output)
+    if output.is_dir():
+        raise ValueError(f"{output} is a folder: name a CSV file to write, e.g. {output}.csv")
+    check_can_create(output.parent)
     model = load_fitted(run)
     files: list[Path] = []
     sets: list[ImageSet] = []
+    shapes: set[tuple[int, int, int]] = set()
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
         if path.suffix == ".npz":
+            shapes.update(s for s in [npz_image_shape(path)] if s is not None)
             sets.append(
                 load_dataset(str(path), image_size=model.image_size, channels=model.channels)
             )
@@ -115,7 +165,9 @@ def predict_paths(run: str | Path, paths: list[Path], *, output: Path) -> int:
         else:
             files.append(path)
     if files:
+        shapes.update(_file_shapes(files))
         sets.append(images_from_paths(files, image_size=model.image_size, channels=model.channels))
+    warn_if_converted(shapes, model.image_size, model.channels)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["id", "cluster", "confidence"])
@@ -126,5 +178,5 @@ def predict_paths(run: str | Path, paths: list[Path], *, output: Path) -> int:
             writer.writerow([data.ids[i], int(row.argmax()), f"{row.max():.4f}"])
         count += len(probs)
     text = buffer.getvalue()
-    atomic_write(Path(output), lambda p: p.write_text(text))
+    atomic_write(output, lambda p: p.write_text(text))
     return count

@@ -126,9 +126,25 @@ def resolve_config(root: str | Path, config: Config, *, resume: bool) -> Config:
         return saved
     if resume:
         raise ValueError(f"nothing to resume: {folder.root} holds no run (no {FILES['config']})")
+    check_can_create(folder.root)
     if folder.root.exists() and any(folder.root.iterdir()):
         raise ValueError(f"{folder.root} exists and is not empty: choose a new output folder")
     return config
+
+
+def check_can_create(folder: Path) -> None:
+    """Refuse, before any work, a folder that cannot be made or written: a file in its place
+    or above it, or an existing folder above it without write permission."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(
+            f"{existing} is a file, not a folder, so {folder} cannot be created: choose "
+            "another output folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"no permission to write in {existing}: choose an output folder you can write to"
+        )
 
 
 class EpochCheckpoints:

@@ -49,3 +49,21 @@ def demo_run(tmp_path_factory) -> SMCluster:
     return SMCluster(10, preset="demo", out=out, run__report=False, run__progress=False).fit(
         "digits"
     )
+
+
+@pytest.fixture(scope="session")
+def brief_run(tmp_path_factory) -> SMCluster:
+    """The demo preset's run with an untrained feature model and one epoch of stages 2 and 3
+    (seconds): for tests that need a finished run of 16 x 16 grey digits, not a good one."""
+    out = tmp_path_factory.mktemp("brief") / "run"
+    return SMCluster(
+        10,
+        preset="demo",
+        out=out,
+        features__epochs=0,
+        mining__warmup_epochs=1,
+        clustering__epochs=1,
+        clustering__feature_views=1,
+        run__report=False,
+        run__progress=False,
+    ).fit("digits")

@@ -7,6 +7,7 @@ names as a unicode string array (``np.array(names, dtype=str)``), not as Python 
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ from smcluster.data.arrays import from_arrays
 from smcluster.data.imageset import TensorImageSet
 
 IMAGES, LABELS, CLASS_NAMES = "images", "labels", "class_names"
+
+_BROKEN = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
+"""What numpy and zipfile raise on a damaged or truncated archive."""
 
 
 def load_npz(
@@ -31,7 +35,7 @@ def load_npz(
         raise FileNotFoundError(f"no .npz file at {path}")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (ValueError, *_BROKEN) as error:
         raise ValueError(f"{path} is not a readable .npz file: {error}") from error
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{path} holds a single array (.npy), not an .npz archive of fields")
@@ -61,11 +65,36 @@ def load_npz(
     )
 
 
+def npz_image_shape(path: str | Path) -> tuple[int, int, int] | None:
+    """``(width, height, channels)`` of the images in an ``.npz`` file, read from the array's
+    header without loading the pixels; None when the header does not tell (``load_npz`` then
+    says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{IMAGES}.npy") as handle:
+            version = np.lib.format.read_magic(handle)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape = read(handle)[0]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    if len(shape) == 3:
+        return shape[2], shape[1], 1
+    return (shape[2], shape[1], shape[3]) if len(shape) == 4 else None
+
+
 def _field(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
     try:
         return archive[key]
-    except ValueError as error:
+    except (ValueError, *_BROKEN) as error:
+        if "allow_pickle" in str(error):
+            raise ValueError(
+                f"{path}: field '{key}' holds Python objects, which are not loaded (allow_pickle"
+                "=False); save it as a plain numeric or string array"
+            ) from error
         raise ValueError(
-            f"{path}: field '{key}' holds Python objects, which are not loaded (allow_pickle="
-            "False); save it as a plain numeric or string array"
+            f"{path}: field '{key}' cannot be read ({error}); the file is damaged or "
+            "truncated: write it again"
         ) from error

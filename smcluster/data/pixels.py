@@ -119,6 +119,16 @@ def probe_image(path: str | os.PathLike[str]) -> tuple[int, int]:
         return image.size
 
 
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+"""Pillow modes of single-channel pictures (with or without transparency)."""
+
+
+def probe_shape(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """Width, height and channel count (1 grey, 3 colour) from the file header only."""
+    with Image.open(path) as image:
+        return *image.size, 1 if image.mode in GREY_MODES else 3
+
+
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """True for a file name with an image extension (case-insensitive)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS

@@ -17,6 +17,7 @@ import numpy as np
 
 from smcluster.report.rundata import RunData, load_run
 from smcluster.report.sprites import save_png, tiles
+from smcluster.runfolder import check_can_create
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -34,6 +35,7 @@ def export_clusters(run: str | Path, to: str | Path, *, copy: bool = False) -> i
             f"{target} is not an empty folder: export into a new or empty folder (an export "
             "never mixes with other files)"
         )
+    check_can_create(target)
     data = load_run(run, images=False)
     paths = [Path(i) for i in data.ids]
     present = [p.is_file() for p in paths]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from smcluster.data import (
@@ -128,3 +134,106 @@ def test_images_from_paths_skips_missing_files(tmp_path: Path) -> None:
     assert isinstance(lazy, FileImageSet) and lazy[0][0].shape == (1, 4, 4)
     with pytest.raises(ValueError, match="no image paths"):
         images_from_paths([], image_size=4, channels=3)
+
+
+def outcome(load: Callable[[], object]) -> None:
+    """Any input gives a result or a ValueError/FileNotFoundError with a message; any other
+    exception fails the test."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load()
+        event("loaded")
+    except (ValueError, FileNotFoundError) as error:
+        event(type(error).__name__)
+        assert str(error).strip()
+
+
+FUZZ = settings(max_examples=50, deadline=None, database=None, derandomize=True)
+ENCODINGS = [
+    ("L", "PNG"),
+    ("RGB", "PNG"),
+    ("RGBA", "PNG"),
+    ("LA", "PNG"),
+    ("I;16", "PNG"),
+    ("P", "GIF"),
+    ("1", "BMP"),
+    ("L", "JPEG"),
+    ("RGB", "JPEG"),
+    ("RGB", "WEBP"),
+    ("RGB", "TIFF"),
+]
+
+
+def _encode(size: tuple[int, int], encoding: tuple[str, str], seed: int) -> bytes:
+    mode, file_format = encoding
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, file_format)
+    return buffer.getvalue()
+
+
+def _truncated(pair: tuple[bytes, float]) -> bytes:
+    data, fraction = pair
+    return data[: int(len(data) * fraction)]
+
+
+VALID_IMAGE = st.builds(
+    _encode,
+    st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    st.sampled_from(ENCODINGS),
+    st.integers(0, 9),
+)
+IMAGE_BYTES = st.one_of(
+    st.binary(max_size=200),
+    VALID_IMAGE,
+    st.tuples(VALID_IMAGE, st.floats(0, 1)).map(_truncated),
+)
+FILES = st.lists(
+    st.tuples(
+        st.sampled_from(["", "a", "b/c", ".hidden"]),
+        st.sampled_from([".png", ".jpg", ".gif", ".tif", ".webp", ".txt"]),
+        IMAGE_BYTES,
+    ),
+    max_size=6,
+)
+
+
+def _write_files(root: Path, files: list[tuple[str, str, bytes]]) -> list[Path]:
+    paths = []
+    for i, (folder, suffix, content) in enumerate(files):
+        path = root / folder / f"{i}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        paths.append(path)
+    return paths
+
+
+@FUZZ
+@given(
+    files=FILES,
+    image_size=st.sampled_from([None, 4, 8]),
+    channels=st.sampled_from([None, 1, 3]),
+    lazy=st.sampled_from([None, False, True]),
+)
+def test_fuzz_image_folders(
+    files: list[tuple[str, str, bytes]], image_size: int | None, channels: int | None, lazy
+) -> None:
+    def load_and_read() -> None:
+        data = load_dataset(str(root), image_size=image_size, channels=channels, lazy=lazy)
+        for i in range(len(data)):
+            assert data[i][0].shape == (data.channels, data.image_size, data.image_size)
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / "set"
+        root.mkdir()
+        _write_files(root, files)
+        outcome(load_and_read)
+
+
+@FUZZ
+@given(files=FILES, channels=st.sampled_from([1, 3]))
+def test_fuzz_image_paths(files: list[tuple[str, str, bytes]], channels: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        paths = _write_files(Path(folder), files)
+        outcome(lambda: images_from_paths(paths, image_size=8, channels=channels))

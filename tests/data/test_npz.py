@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from smcluster.data import FileImageSet, TensorImageSet, load_dataset, load_npz
 
@@ -124,3 +131,86 @@ def test_not_an_npz_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lazy=True"):
         load_dataset(str(junk), lazy=True)
     assert not issubclass(TensorImageSet, FileImageSet)
+
+
+def outcome(load: Callable[[], object]) -> None:
+    """Any input gives a result or a ValueError/FileNotFoundError with a message; any other
+    exception fails the test."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load()
+        event("loaded")
+    except (ValueError, FileNotFoundError) as error:
+        event(type(error).__name__)
+        assert str(error).strip()
+
+
+FUZZ = settings(max_examples=60, deadline=None, database=None, derandomize=True)
+MAGIC = st.sampled_from([b"", b"PK\x03\x04", b"\x93NUMPY\x01\x00", b"\x93NUMPY\x02\x00"])
+
+
+def _valid_npz() -> bytes:
+    buffer = io.BytesIO()
+    images = np.arange(3 * 5 * 5, dtype=np.uint8).reshape(3, 5, 5)
+    np.savez_compressed(buffer, images=images, labels=np.arange(3), class_names=["a", "b", "c"])
+    return buffer.getvalue()
+
+
+VALID_NPZ = _valid_npz()
+
+
+@FUZZ
+@given(head=MAGIC, body=st.binary(max_size=600))
+def test_fuzz_random_bytes_as_npz(head: bytes, body: bytes) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.npz"
+        path.write_bytes(head + body)
+        outcome(lambda: load_dataset(str(path)))
+
+
+@FUZZ
+@given(
+    cut=st.integers(0, len(VALID_NPZ)) | st.just(len(VALID_NPZ)),
+    flips=st.lists(st.tuples(st.integers(0, len(VALID_NPZ) - 1), st.integers(0, 255)), max_size=4),
+)
+def test_fuzz_truncated_and_corrupted_npz(cut: int, flips: list[tuple[int, int]]) -> None:
+    data = bytearray(VALID_NPZ)
+    for position, value in flips:
+        data[position] = value
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.npz"
+        path.write_bytes(bytes(data[:cut]))
+        outcome(lambda: load_npz(path, image_size=4, channels=3))
+
+
+ARRAYS = hnp.arrays(
+    dtype=st.sampled_from([np.uint8, np.int64, np.float32, np.bool_, np.dtype("<U2")]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=5),
+)
+IMAGE_SHAPES = st.tuples(st.integers(0, 4), st.integers(1, 5), st.sampled_from([(), (1,), (3,)]))
+IMAGE_ARRAYS = hnp.arrays(np.uint8, IMAGE_SHAPES.map(lambda s: (s[0], s[1], s[1], *s[2])))
+LABEL_ARRAYS = hnp.arrays(np.int64, st.tuples(st.integers(0, 4)), elements=st.integers(-1, 5))
+NAME_ARRAYS = hnp.arrays(np.dtype("<U3"), st.tuples(st.integers(0, 6)))
+
+
+@FUZZ
+@given(
+    fields=st.fixed_dictionaries(
+        {"images": IMAGE_ARRAYS | ARRAYS},
+        optional={
+            "labels": LABEL_ARRAYS | ARRAYS,
+            "class_names": NAME_ARRAYS | ARRAYS,
+            "other": ARRAYS,
+        },
+    ),
+    image_size=st.sampled_from([None, 1, 8]),
+    channels=st.sampled_from([None, 1, 3]),
+)
+def test_fuzz_malformed_npz_fields(
+    fields: dict[str, np.ndarray], image_size: int | None, channels: int | None
+) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "x.npz"
+        np.savez(path, **fields)
+        outcome(lambda: load_dataset(str(path), image_size=image_size, channels=channels))
