@@ -12,7 +12,7 @@ from torch import nn
 
 from smcluster.config import Config, RunConfig
 from smcluster.data import load_dataset
-from smcluster.engine import make_fabric
+from smcluster.engine import make_fabric, seed_everything
 from smcluster.metrics import knn_accuracy
 from smcluster.models import build_backbone
 from smcluster.stages import features as features_module
@@ -235,8 +235,15 @@ def test_simclr_model_has_no_target_or_queue() -> None:
 
 
 @pytest.mark.parametrize("name", ["paper", "simclr"])
-def test_training_on_digits_lowers_the_loss_and_beats_an_untrained_network(name: str) -> None:
-    """A few epochs on 600 real digits: the loss falls and kNN accuracy rises over init."""
+def test_training_on_digits_lowers_the_loss_and_beats_its_starting_network(name: str) -> None:
+    """A few epochs on 600 real digits: the loss falls and kNN accuracy rises over init.
+
+    "Init" is the very network training starts from (same seed, fitted input statistics): an
+    untrained network's kNN accuracy depends on its initialisation (0.61-0.70 at seeds 0-2),
+    and so does the trained one's (paper model 0.72-0.84), so only the paired gain is stable
+    (paper 0.11-0.17 at seeds 0-2, SimCLR 0.20-0.27 at 0-1; losses fall by 0.37-0.66). Eq. 8's
+    schedule is pinned exactly by ``test_training_applies_the_cosine_momentum_of_eq_8...``.
+    """
     data = load_dataset("digits").subset(np.arange(600))
     labels = np.asarray(data.labels)
     config = Config.from_dict(
@@ -265,11 +272,11 @@ def test_training_on_digits_lowers_the_loss_and_beats_an_untrained_network(name:
         features = extract_features(mining_features(model.online, config), data, config, fabric)
         return knn_accuracy(mine_knn(features.numpy(), 10), labels)
 
-    untrained = build_feature_model(config, data.channels, len(data))
+    seed_everything(config.run.seed)  # as train_features does: the network it starts from
+    start = build_feature_model(config, data.channels, len(data), data)
     trained = train_features(
         data, config, fabric, on_epoch_end=lambda e, m, o, r: losses.append(r["loss"])
     )
-    assert len(losses) == 8 and losses[-1] < losses[0] - 0.05
-    before, after = knn_acc(untrained), knn_acc(trained)
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.1, losses
+    before, after = knn_acc(start), knn_acc(trained)
     assert after > before + 0.05, (before, after)
-    assert after > 0.5
