@@ -44,7 +44,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_demo_reaches_the_accuracy_bar(demo_run: SMCluster) -> None:
-    # k-means on raw pixels gets about 0.79 on the digits; the bar is 0.85
+    # k-means on raw pixels gets about 0.79 on the digits; the bar is 0.85. The demo
+    # scores 0.94-0.96 depending on thread count and CPU kernels (README, Results).
     assert demo_run.metrics_["acc"] >= 0.85
     assert demo_run.metrics_["nmi"] >= 0.75
     assert len(np.unique(demo_run.labels_)) == 10
