@@ -34,13 +34,18 @@ def smcluster_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "smcluster.cli", *args]
 
 
+# Waits in these tests only catch a hung run; a busy machine may be many times slower.
+HANG = 3 * 3600
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     command = smcluster_command(*args, "--quiet", "--no-report")
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, capture_output=True, text=True, timeout=HANG)
 
 
 def test_demo_reaches_the_accuracy_bar(demo_run: SMCluster) -> None:
-    # k-means on raw pixels gets about 0.79 on the digits; the bar is 0.85
+    # k-means on raw pixels gets about 0.79 on the digits; the bar is 0.85. The demo
+    # scores 0.94-0.96 depending on thread count and CPU kernels (README, Results).
     assert demo_run.metrics_["acc"] >= 0.85
     assert demo_run.metrics_["nmi"] >= 0.75
     assert len(np.unique(demo_run.labels_)) == 10
@@ -174,14 +179,14 @@ def test_interrupted_run_resumes(tmp_path) -> None:
         stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.time() + 300
+    deadline = time.time() + HANG
     while time.time() < deadline and process.poll() is None:
         if len(RunFolder(out).history()) >= 2:
             break
         time.sleep(0.2)
     assert process.poll() is None, "the run ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=HANG)
     assert not (out / "metrics.json").exists(), (
         f"the run finished despite SIGINT (exit {process.returncode}): "
         f"{stderr.decode(errors='replace')[-2000:]}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -81,15 +82,18 @@ class PaperFeatureModel(nn.Module):
     view runs through the online network in groups of ``bn_group_size`` images and through the
     target network in groups of a random permutation ("shuffling BN" on one device), so an
     image's two outputs see the statistics of different images.
+
+    The target network is a copy of the online one made here, so ``backbone`` should carry
+    its fitted input statistics already (``build_feature_model(..., data=...)``).
     """
 
-    def __init__(self, backbone: Backbone, config: Config, queue_length: int) -> None:
+    def __init__(self, backbone: Backbone, config: Config, n_images: int) -> None:
         super().__init__()
         f = config.features
         self.online = Encoder(backbone, f.projector_hidden, f.out_dim, f.projector_out_bn)
         self.predictor = MLP(f.out_dim, f.predictor_hidden, f.out_dim)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.queue = MomentumQueue(queue_length, f.out_dim)
+        self.queue = MomentumQueue(queue_length_for(config, n_images), f.out_dim)
         self.temperature = f.temperature
         self.momentum_base = f.momentum_base
         self.group_size = f.bn_group_size
@@ -118,9 +122,9 @@ class PaperFeatureModel(nn.Module):
 class SimCLRFeatureModel(nn.Module):
     """SimCLR (NT-Xent with in-batch negatives), SCAN's pretext task and our baseline."""
 
-    def __init__(self, backbone: Backbone, config: Config, queue_length: int) -> None:
+    def __init__(self, backbone: Backbone, config: Config, n_images: int) -> None:
         super().__init__()
-        del queue_length
+        del n_images
         f = config.features
         self.online = Encoder(backbone, f.projector_hidden, f.out_dim, f.projector_out_bn)
         self.temperature = f.simclr_temperature
@@ -145,15 +149,52 @@ MINING_FEATURES: dict[str, Callable[[Encoder, Tensor], Tensor]] = {
 }
 
 
+def training_batch(config: Config, n_images: int) -> int:
+    """The batch ``train_features`` uses: the setting, or the whole data set when smaller."""
+    return min(config.features.batch_size, n_images)
+
+
 def queue_length_for(config: Config, n_images: int) -> int:
-    """METHOD.md Stage 1 Decision: the setting, capped at N minus one batch (at least 1)."""
-    return max(min(config.features.queue_length, n_images - config.features.batch_size), 1)
+    """METHOD.md Stage 1 Decision: the setting, capped at N minus one batch (at least 1).
+
+    The batch is the one training uses (``training_batch``). A queue shorter than that batch
+    gives each image fewer negatives than one batch, and with N at most one batch it holds a
+    single one; that setting learns little, so it warns and names the setting to change.
+    """
+    f = config.features
+    batch = training_batch(config, n_images)
+    length = max(min(f.queue_length, n_images - batch), 1)
+    if length < batch and f.queue_length < n_images - batch:
+        warnings.warn(
+            f"features.queue_length={f.queue_length} is shorter than one batch ({batch}), so "
+            f"each image has only {length} negatives; raise features.queue_length to at least "
+            f"{batch}",
+            stacklevel=2,
+        )
+    elif length < batch:
+        warnings.warn(
+            f"{n_images} images are few for features.batch_size={f.batch_size}: the queue is "
+            f"capped at N minus one batch, so each image has only {length} negative(s); set "
+            f"features.batch_size to at most {max(n_images // 2, 1)}",
+            stacklevel=2,
+        )
+    return length
 
 
-def build_feature_model(config: Config, channels: int, n_images: int) -> nn.Module:
+def build_feature_model(
+    config: Config, channels: int, n_images: int, data: Any | None = None
+) -> nn.Module:
+    """The configured feature model for ``n_images`` images of ``channels`` channels.
+
+    With ``data``, the backbone's input normalisation is fitted to it before the model copies
+    its online network into the target network, so both see the same statistics from the
+    first step (METHOD.md, Stage 1: the target starts as the online network).
+    """
     f = config.features
     backbone = build_backbone(f.backbone, channels, width=f.width, small_stem=f.small_stem)
-    return FEATURE_MODELS[f.model](backbone, config, queue_length_for(config, n_images))
+    if data is not None:
+        fit_normalization(backbone, data)
+    return FEATURE_MODELS[f.model](backbone, config, n_images)
 
 
 def stage1_backbone(
@@ -206,8 +247,7 @@ def train_features(
     """
     f = config.features
     seed_everything(config.run.seed)
-    model = build_feature_model(config, data.channels, len(data))
-    fit_normalization(model.online.backbone, data)
+    model = build_feature_model(config, data.channels, len(data), data)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=f.lr, momentum=0.9, weight_decay=f.weight_decay)
     start_epoch = 0
@@ -218,7 +258,7 @@ def train_features(
     wrapped, optimizer = fabric.setup(model, optimizer)
     views = ViewMaker(**config.to_dict()["augment"])
     shard = Shard.of(fabric)
-    batch = min(f.batch_size, len(data))
+    batch = training_batch(config, len(data))
     steps_per_epoch = max(len(data) // batch, 1)
     total = f.epochs * steps_per_epoch
     warmup = f.warmup_epochs * steps_per_epoch

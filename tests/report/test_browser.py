@@ -51,7 +51,7 @@ def run_browser(
         [browser, *FLAGS, f"--user-data-dir={home}", *args, page.as_uri()],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=3600,  # only a hung browser; a busy machine may be slow
         env=env,
         check=False,
     )
