@@ -203,9 +203,17 @@ class RunFolder:
             atomic_write(self.path("history"), lambda p: p.write_text(text))
 
     def load_progress(self) -> Progress:
-        if not self.path("progress").exists():
+        path = self.path("progress")
+        if not path.exists():
             return Progress()
-        return Progress(**self.load_json("progress"))
+
+        def load(p: Path) -> Progress:
+            data = json.loads(p.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return Progress(**{k: v for k, v in data.items() if k in Progress.__annotations__})
+
+        return self.read(path, load)
 
     def save_progress(self, progress: Progress) -> None:
         self.save_json("progress", asdict(progress))

@@ -135,3 +135,9 @@ def test_finished_needs_every_output_and_the_progress_mark(folder) -> None:
     folder.save_progress(Progress(finished=True))
     assert folder.finished()
     assert json.loads(folder.path("progress").read_text())["finished"] is True
+
+
+def test_damaged_progress_is_named(folder) -> None:
+    folder.path("progress").write_text("[1, 2]")
+    with pytest.raises(RunFolderError, match="progress.json is damaged"):
+        folder.load_progress()
