@@ -200,6 +200,16 @@ def main() -> int:
     return 0 if identical == len(runs) else 1
 
 
+def where_killed(record: dict[str, Any]) -> str:
+    """How many kills found each state (its first clause), e.g. "stage 2 done: 3"."""
+    counts: dict[str, int] = {}
+    for run in record["runs"]:
+        for event in run["kills"]:
+            state = event["state"].split(";")[0] if event["killed"] else "finished before it"
+            counts[state] = counts.get(state, 0) + 1
+    return ", ".join(f"{state}: {n}" for state, n in counts.items())
+
+
 def markdown(record: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"# Kill at random moments and resume, {record['date']}",
@@ -214,6 +224,8 @@ def markdown(record: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"**{record['identical']} of {len(record['runs'])} identical** to the unbroken run "
         "(assignments.csv byte for byte, probabilities.npy, history epochs, metrics but timings).",
+        "",
+        f"Where the kills landed: {where_killed(record)}.",
         "",
         "| run | killed at s | state at the kill | identical |",
         "|---|---|---|---|",
