@@ -80,7 +80,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )
     if result.folder.writer:
         _print_metrics(result.metrics, result.folder.root)
-        if result.config.run.report:
+        if result.config.run.report and not result.already_finished:
             _maybe_report(result.folder.root)
     return 0
 

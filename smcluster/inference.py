@@ -53,13 +53,19 @@ class FittedModel:
 
 
 def load_fitted(run: str | Path, device: str | torch.device = "cpu") -> FittedModel:
-    """Load a finished run's model (safely, ``weights_only``) for prediction."""
+    """Load a finished run's model (safely, ``weights_only``) for prediction.
+
+    The clustering model is the self-labelled one when the run self-labels, so a run
+    stopped between SCAN and self-labelling counts as unfinished; a damaged checkpoint
+    raises ``RunFolderError`` naming it.
+    """
     folder = RunFolder(run)
     if not folder.exists():
         raise FileNotFoundError(f"{folder.root} is not a run folder (no {FILES['config']})")
-    config = Config.load(folder.path("config"))
+    config = folder.read(folder.path("config"), Config.load)
     features = folder.load_checkpoint("features")
-    clustering = folder.load_checkpoint("selflabel") or folder.load_checkpoint("clustering")
+    final = "selflabel" if config.clustering.self_label else "clustering"
+    clustering = folder.load_checkpoint(final)
     if features is None or clustering is None:
         raise ValueError(f"{folder.root} has not finished: run `smcluster fit --resume` first")
     channels, image_size = int(features["channels"]), int(features["image_size"])

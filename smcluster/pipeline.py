@@ -4,8 +4,10 @@ The data flow is one way (METHOD.md): images -> stage 1 (feature model) -> featu
 stage 2 (neighbours) -> stage 3 (cluster heads) -> assignments and metrics. Each stage's
 result is a file in the run folder (see CONTRIBUTING.md, "Run folder"); a stage whose file
 exists is not run again when a run is resumed, and a stage that was interrupted continues from
-its last finished epoch. Only rank 0 writes. The folder's layout lives in ``runfolder``;
-inference on a finished run in ``inference``.
+its last finished epoch. Whatever a stage creates from random numbers is drawn from a seed of
+its own, never from the state earlier stages left, so a run resumed at any point gives the
+assignments an unbroken one gives; a finished run is returned as it is. Only rank 0 writes.
+The folder's layout lives in ``runfolder``; inference on a finished run in ``inference``.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ from torch import nn
 from smcluster.augment import ViewMaker
 from smcluster.config import Config
 from smcluster.data import ImageSet, load_dataset
-from smcluster.engine import make_fabric, seed_everything
+from smcluster.engine import make_fabric, seed_everything, stage_seed
 from smcluster.metrics import evaluate, knn_accuracy
 from smcluster.models import ClusterHeads
 from smcluster.runfolder import (
     IN_MEMORY,
     EpochCheckpoints,
+    Progress,
     RunFolder,
+    StageClock,
     atomic_write,
     resolve_config,
 )
@@ -113,7 +117,10 @@ def check_data(data: ImageSet, config: Config) -> None:
 
 @dataclass
 class RunResult:
-    """What a finished run returns to the API (and wrote to its folder)."""
+    """What a finished run returns to the API (and wrote to its folder).
+
+    ``already_finished``: the run had finished before this call, which changed nothing.
+    """
 
     folder: RunFolder
     config: Config
@@ -121,6 +128,16 @@ class RunResult:
     probabilities: np.ndarray
     metrics: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    already_finished: bool = False
+
+
+def stored_result(folder: RunFolder, config: Config) -> RunResult:
+    """The result a finished run wrote, read back without touching any file."""
+    probabilities = folder.load_array("probabilities")
+    metrics = folder.load_json("metrics")
+    seconds = folder.load_progress().seconds
+    labels = probabilities.argmax(axis=1)
+    return RunResult(folder, config, labels, probabilities, metrics, seconds, True)
 
 
 def run_pipeline(
@@ -139,6 +156,10 @@ def run_pipeline(
     settings whose stage 1 is reused, so variants of stages 2 and 3 share one feature model.
     """
     config = resolve_config(out, config.validate(), resume=resume)
+    if resume and RunFolder(out).finished():
+        if log is not None:
+            log(f"{out} has already finished: nothing to do (its stored result is returned)")
+        return stored_result(RunFolder(out), config)
     data = data if data is not None else load_data(config)
     check_data(data, config)
     fabric = fabric or make_fabric(config.run)
@@ -159,6 +180,8 @@ def run_pipeline(
         folder.save_json("environment", environment(config, fabric))
         if features_from is not None:
             reuse_features(RunFolder(features_from), folder, config)
+    if resume:
+        folder.repair_history()
     fabric.barrier()
     say = log if (log is not None and fabric.is_global_zero) else (lambda _: None)
     seed_everything(config.run.seed)
@@ -172,28 +195,27 @@ def run_pipeline(
             f"note: {config.features.backbone} for {config.features.epochs} epochs is GPU-sized; "
             "on a CPU start from a small preset (smcluster presets: demo, cpu-*)"
         )
-    run = _Run(config, data, fabric, folder, ViewMaker(**config.to_dict()["augment"]), say)
-    timings: dict[str, float] = {}
+    progress = folder.load_progress()
+    views = ViewMaker(**config.to_dict()["augment"])
+    run = _Run(config, data, fabric, folder, views, say, progress, StageClock(folder, progress))
 
-    started = time.perf_counter()
     encoder = _stage_features(run).online.eval()
     features, embeddings = _feature_arrays(run, encoder)
-    timings["features"] = time.perf_counter() - started
+    run.clock.charge("features")
 
-    started = time.perf_counter()
     weak_embeddings = _weak_embeddings(run, encoder)
     neighbours, diagnostics = _stage_neighbours(run, encoder, features, weak_embeddings)
-    timings["neighbours"] = time.perf_counter() - started
+    run.clock.charge("neighbours")
 
-    started = time.perf_counter()
     clustering = _stage_clustering(run, encoder.backbone, embeddings, neighbours, weak_embeddings)
-    timings["clustering"] = time.perf_counter() - started
-    return _write_outputs(run, clustering, embeddings, neighbours, diagnostics, timings)
+    run.clock.charge("clustering")
+    return _write_outputs(run, clustering, embeddings, neighbours, diagnostics)
 
 
 @dataclass
 class _Run:
-    """What every stage of one run reads: settings, images, devices, folder, views, log."""
+    """What every stage of one run reads: settings, images, devices, folder, views, log, and
+    the run's progress with the clock that charges each stage's time to it."""
 
     config: Config
     data: ImageSet
@@ -201,6 +223,11 @@ class _Run:
     folder: RunFolder
     views: ViewMaker
     say: Callable[[str], None]
+    progress: Progress
+    clock: StageClock
+
+    def epoch_checkpoints(self, stage: str, timed_as: str) -> EpochCheckpoints:
+        return EpochCheckpoints(self.folder, stage, self.clock, timed_as)
 
 
 def _feature_arrays(run: _Run, encoder: nn.Module) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +278,6 @@ def _stage_neighbours(
             mining_features(encoder, config), run.data, config, run.fabric, view=run.views.strong
         ).numpy()
 
-    diagnostics: dict[str, Any] = {}
     neighbours = folder.load_array("neighbours")
     knn = folder.load_array("neighbours_knn")
     if neighbours is None or knn is None:
@@ -261,17 +287,22 @@ def _stage_neighbours(
             weak_embeddings,
             config,
             run.fabric.device,
-            on_epoch_end=EpochCheckpoints(folder, "mining-head", log_only=True),
+            on_epoch_end=run.epoch_checkpoints("mining-head", "neighbours"),
+            checkpoint=folder.resume_point("mining-head"),
         )
         mined = MINING_METHODS[config.mining.method](inputs)
         neighbours, knn = mined.neighbours, mined.knn
         if mined.head is not None:
             folder.save_checkpoint("mining-head", {"heads": mined.head.state_dict()})
         if labels is not None:
-            for step, array in mined.steps.items():
-                diagnostics[f"neighbour_purity_{step}"] = neighbour_purity(array, labels)
+            run.progress.diagnostics = {
+                f"neighbour_purity_{step}": neighbour_purity(array, labels)
+                for step, array in mined.steps.items()
+            }
+            folder.save_progress(run.progress)
         folder.save_array("neighbours_knn", knn)
         folder.save_array("neighbours", neighbours)
+    diagnostics: dict[str, Any] = dict(run.progress.diagnostics)
     summary = ""
     if labels is not None:
         diagnostics["neighbour_purity"] = neighbour_purity(neighbours, labels)
@@ -294,7 +325,6 @@ def _write_outputs(
     embeddings: np.ndarray,
     neighbours: np.ndarray,
     diagnostics: dict[str, Any],
-    timings: dict[str, float],
 ) -> RunResult:
     """Final assignments by the kept head on un-augmented images, metrics, CSV."""
     config, data, folder = run.config, run.data, run.folder
@@ -318,10 +348,13 @@ def _write_outputs(
     if data.labels is not None:
         metrics.update(evaluate(data.labels, labels))
     metrics.update(diagnostics)
+    timings = dict(run.progress.seconds)
     metrics["timings"] = _timings(timings, folder.history(), len(data))
     folder.save_array("probabilities", kept.astype(np.float32))
     folder.save_json("metrics", metrics)
     _write_assignments(folder, data, labels, kept.max(axis=1))
+    run.progress.finished = True
+    folder.save_progress(run.progress)
     return RunResult(folder, config, labels, kept, metrics, timings)
 
 
@@ -361,8 +394,8 @@ def _stage_features(run: _Run) -> nn.Module:
         data,
         config,
         run.fabric,
-        checkpoint=folder.load_checkpoint("features-last"),
-        on_epoch_end=EpochCheckpoints(folder, "features"),
+        checkpoint=folder.resume_point("features"),
+        on_epoch_end=run.epoch_checkpoints("features", "features"),
     )
     folder.save_checkpoint(
         "features",
@@ -385,10 +418,15 @@ def _stage_clustering(
     neighbours: np.ndarray,
     weak_embeddings: Callable[[], torch.Tensor],
 ) -> ClusteringModel:
-    """Stage 3: SCAN heads on frozen features or with the backbone, then self-labelling."""
+    """Stage 3: SCAN heads on frozen features or with the backbone, then self-labelling.
+
+    The heads start from a seed of their own: built from the random state earlier stages
+    left, a run resumed after stage 2 started from other heads than an unbroken one.
+    """
     config, folder, device = run.config, run.folder, run.fabric.device
     c = config.clustering
     frozen = not c.update_backbone
+    seed_everything(stage_seed(config.run.seed, "clustering-init", 0))
     heads = ClusterHeads(embeddings.shape[1], config.n_clusters, c.heads)
     model = ClusteringModel(nn.Identity() if frozen else backbone, heads).to(device)
     relabelled = folder.load_checkpoint("selflabel")
@@ -404,8 +442,8 @@ def _stage_clustering(
         schedule = {
             "epochs": c.epochs,
             "seed": config.run.seed,
-            "checkpoint": folder.load_checkpoint("clustering-last"),
-            "on_epoch_end": EpochCheckpoints(folder, "clustering"),
+            "checkpoint": folder.resume_point("clustering"),
+            "on_epoch_end": run.epoch_checkpoints("clustering", "clustering"),
             "progress": config.run.progress,
         }
         if frozen:
@@ -436,7 +474,8 @@ def _stage_self_label(
     kept = model.heads.head(best)
     schedule = {
         "seed": config.run.seed,
-        "on_epoch_end": EpochCheckpoints(run.folder, "selflabel"),
+        "checkpoint": run.folder.resume_point("selflabel"),
+        "on_epoch_end": run.epoch_checkpoints("selflabel", "clustering"),
         "progress": config.run.progress,
     }
     started = time.perf_counter()

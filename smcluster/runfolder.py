@@ -1,21 +1,29 @@
-"""The run folder: its layout, atomic files, checkpoints, history and resume checks.
+"""The run folder: its layout, atomic files, checkpoints, history, progress and resume checks.
 
 Only this module knows where a run keeps what (CONTRIBUTING.md, "Run folder"); the stages
 never read it, the pipeline writes it through ``RunFolder`` and inference reads it back. Every
-file is written through a temporary sibling and renamed, so no half-written file is ever seen.
+file but ``history.jsonl`` is written through a temporary sibling and renamed, so no
+half-written file is ever seen; history is appended to, and a line torn by a kill is dropped
+when the run is resumed. A file damaged some other way (a truncated copy, a full disk) raises
+``RunFolderError`` naming it: deleting it and resuming redoes the step that wrote it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import time
 import warnings
+import zipfile
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from smcluster.config import Config
@@ -24,6 +32,7 @@ FILES = {
     "config": "config.yaml",
     "environment": "environment.json",
     "history": "history.jsonl",
+    "progress": "progress.json",
     "features": "features.npy",
     "embeddings": "embeddings.npy",
     "neighbours_knn": "neighbours-knn.npy",
@@ -34,8 +43,26 @@ FILES = {
     "images": "images.npz",
 }
 
+OUTPUTS = ("probabilities", "metrics", "assignments")
+"""The files a finished run hands back; ``_write_outputs`` writes them in this order."""
+
 IN_MEMORY = "<in-memory>"
 """``data.source`` of images handed to the API as arrays; the run stores them in images.npz."""
+
+UNREADABLE = (
+    ValueError,
+    EOFError,
+    OSError,
+    RuntimeError,
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    yaml.YAMLError,
+)
+"""What numpy, torch, json and yaml raise on a truncated or corrupt file."""
+
+
+class RunFolderError(ValueError):
+    """A file of a run folder cannot be read; the message names it and what to do."""
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -44,6 +71,20 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
     os.replace(tmp, path)
+
+
+@dataclass
+class Progress:
+    """What a run has done beyond its arrays and checkpoints (``progress.json``).
+
+    ``seconds`` per stage summed over every process that worked on the run, stage 2's
+    diagnostics of its intermediate neighbour sets (not kept as arrays), and whether the
+    outputs were written; so a resumed run reports what an unbroken one would.
+    """
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
 
 
 class RunFolder:
@@ -62,13 +103,26 @@ class RunFolder:
     def exists(self) -> bool:
         return self.path("config").exists()
 
+    def read(self, path: Path, load: Callable[[Path], Any], fix: str | None = None) -> Any:
+        """``load(path)``, or a one-line ``RunFolderError`` naming the damaged file and ``fix``
+        (by default: delete it and resume, which redoes the step that wrote it)."""
+        try:
+            return load(path)
+        except UNREADABLE as error:
+            reason = next(iter(str(error).splitlines()), "") or type(error).__name__
+            fix = fix or (
+                f"delete it and resume the run (smcluster fit --out {self.root} --resume), "
+                "which redoes the step that wrote it"
+            )
+            raise RunFolderError(f"{path} is damaged ({reason}): {fix}") from error
+
     def save_json(self, key: str, data: dict[str, Any]) -> None:
         if self.writer:
             text = json.dumps(data, indent=2, default=float) + "\n"
             atomic_write(self.path(key), lambda p: p.write_text(text))
 
     def load_json(self, key: str) -> dict[str, Any]:
-        return json.loads(self.path(key).read_text())
+        return self.read(self.path(key), lambda p: json.loads(p.read_text()))
 
     def save_array(self, key: str, array: np.ndarray) -> None:
         if self.writer:
@@ -76,7 +130,9 @@ class RunFolder:
 
     def load_array(self, key: str) -> np.ndarray | None:
         path = self.path(key)
-        return np.load(path, allow_pickle=False) if path.exists() else None
+        if not path.exists():
+            return None
+        return self.read(path, lambda p: np.load(p, allow_pickle=False))
 
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
         if self.writer:
@@ -87,7 +143,22 @@ class RunFolder:
         path = self.checkpoint_path(name)
         if not path.exists():
             return None
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return self.read(path, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+
+    def resume_point(self, stage: str) -> dict[str, Any] | None:
+        """The ``{stage}-last`` checkpoint a stage continues from (None: from the start).
+
+        History lines of that stage's later epochs are dropped first: they were logged by a
+        process killed before their checkpoint was saved (or the checkpoint was deleted), and
+        the epochs will be trained and logged again, so history never holds an epoch twice.
+        """
+        checkpoint = self.load_checkpoint(f"{stage}-last")
+        last = -1 if checkpoint is None else int(checkpoint["epoch"])
+        rows = self.history()
+        kept = [r for r in rows if r["stage"] != stage or r["epoch"] <= last]
+        if len(kept) < len(rows):
+            self._rewrite_history(kept)
+        return checkpoint
 
     def log_epoch(self, stage: str, epoch: int, record: dict[str, Any]) -> None:
         if self.writer:
@@ -96,10 +167,87 @@ class RunFolder:
                 handle.write(line + "\n")
 
     def history(self) -> list[dict[str, Any]]:
+        """Every logged epoch; a last line torn by a kill (no newline, not JSON) is skipped."""
         path = self.path("history")
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text()
+        lines = text.split("\n")
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                if number == len(lines):  # the unterminated last line
+                    continue
+                raise RunFolderError(
+                    f"{path}, line {number}, is not a JSON record ({error}): delete that line "
+                    f"and resume the run (smcluster fit --out {self.root} --resume)"
+                ) from error
+        return rows
+
+    def repair_history(self) -> None:
+        """Drop a last line torn by a kill (a complete one only gets its newline back)."""
+        path = self.path("history")
+        if not self.writer or not path.exists():
+            return
+        text = path.read_text()
+        if text and not text.endswith("\n"):
+            self._rewrite_history(self.history())
+
+    def _rewrite_history(self, rows: list[dict[str, Any]]) -> None:
+        if self.writer:
+            text = "".join(json.dumps(r, default=float) + "\n" for r in rows)
+            atomic_write(self.path("history"), lambda p: p.write_text(text))
+
+    def load_progress(self) -> Progress:
+        path = self.path("progress")
+        if not path.exists():
+            return Progress()
+
+        def load(p: Path) -> Progress:
+            data = json.loads(p.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return Progress(**{k: v for k, v in data.items() if k in Progress.__annotations__})
+
+        return self.read(path, load)
+
+    def save_progress(self, progress: Progress) -> None:
+        self.save_json("progress", asdict(progress))
+
+    def finished(self) -> bool:
+        """Whether the run wrote all its outputs (runs older than progress.json: all exist)."""
+        if not all(self.path(key).exists() for key in OUTPUTS):
+            return False
+        return not self.path("progress").exists() or self.load_progress().finished
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out |= _leaves(value, f"{name}.") if isinstance(value, dict) else {name}
+    return out
+
+
+def load_saved_config(path: Path) -> Config:
+    """A run's ``config.yaml``: every setting must be there, since a truncated file would
+    otherwise load with defaults in place of the run's settings."""
+    fix = "the run cannot be resumed without its settings; start a new run"
+    folder = RunFolder(path.parent)
+    config = folder.read(path, Config.load, fix)
+    written = folder.read(path, lambda p: yaml.safe_load(p.read_text()), fix)
+    missing = sorted(_leaves(config.to_dict()) - _leaves(written))
+    if missing:
+        raise RunFolderError(
+            f"{path} is incomplete (no {', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): it was truncated or written by an older "
+            f"smcluster; {fix}"
+        )
+    return config
 
 
 def resolve_config(root: str | Path, config: Config, *, resume: bool) -> Config:
@@ -116,8 +264,11 @@ def resolve_config(root: str | Path, config: Config, *, resume: bool) -> Config:
                 "it, or choose another output folder"
             )
         keep = {"run": {"progress": config.run.progress, "report": config.run.report}}
-        saved = Config.load(folder.path("config")).updated(keep)
-        if saved.to_dict() != config.to_dict():
+        saved = load_saved_config(folder.path("config")).updated(keep)
+        given = config
+        if config.data.source == IN_MEMORY:  # the run stored the images and their shape
+            given = config.updated({"data": saved.to_dict()["data"]})
+        if saved.to_dict() != given.to_dict():
             warnings.warn(
                 f"resuming {folder.root} with its saved configuration; the settings given now "
                 "are ignored",
@@ -147,19 +298,35 @@ def check_can_create(folder: Path) -> None:
         )
 
 
-class EpochCheckpoints:
-    """After every epoch of a stage: the ``-last`` checkpoint (unless ``log_only``), then a
-    history line, in that order, so history never runs ahead of what a resume restores."""
+class StageClock:
+    """Charges wall time to the stage being worked on and keeps the sums in ``progress``.
 
-    def __init__(self, folder: RunFolder, name: str, *, log_only: bool = False) -> None:
-        self.folder, self.name, self.log_only = folder, name, log_only
+    Each ``charge(stage)`` adds the time since the previous one and saves the progress, so
+    a run's timings add up over every process that worked on it, up to its last epoch.
+    """
+
+    def __init__(self, folder: RunFolder, progress: Progress) -> None:
+        self.folder, self.progress = folder, progress
+        self.mark = time.perf_counter()
+
+    def charge(self, stage: str) -> None:
+        now = time.perf_counter()
+        seconds = self.progress.seconds
+        seconds[stage] = seconds.get(stage, 0.0) + now - self.mark
+        self.mark = now
+        self.folder.save_progress(self.progress)
+
+
+class EpochCheckpoints:
+    """After every epoch of a stage: charge its time, log its history line, then save the
+    ``-last`` checkpoint; a resume drops history lines beyond that checkpoint
+    (``RunFolder.resume_point``), so a kill between the two leaves no duplicate epoch."""
+
+    def __init__(self, folder: RunFolder, name: str, clock: StageClock, timed_as: str) -> None:
+        self.folder, self.name, self.clock, self.timed_as = folder, name, clock, timed_as
 
     def __call__(self, epoch: int, model: nn.Module, optimizer, record: dict[str, Any]) -> None:
-        if not self.log_only:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-            }
-            self.folder.save_checkpoint(f"{self.name}-last", state)
+        self.clock.charge(self.timed_as)
         self.folder.log_epoch(self.name, epoch, record)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        self.folder.save_checkpoint(f"{self.name}-last", state)

@@ -198,7 +198,12 @@ def test_interrupted_run_resumes(tmp_path) -> None:
     assert again.returncode == 0, again.stderr
     epochs = [r["epoch"] for r in RunFolder(out).history() if r["stage"] == "features"]
     assert epochs == list(range(6)), "the resumed run repeated or skipped epochs"
-    assert json.loads((out / "metrics.json").read_text())["acc"] > 0.3
+    metrics = (out / "metrics.json").read_bytes()
+    assert json.loads(metrics)["acc"] > 0.3
+
+    finished = run_cli("fit", "--out", str(out), "--resume")
+    assert finished.returncode == 0 and "already finished" in finished.stderr
+    assert (out / "metrics.json").read_bytes() == metrics
 
 
 def test_two_processes_on_cpu(tmp_path) -> None:

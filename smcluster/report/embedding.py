@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from smcluster.runfolder import UNREADABLE, atomic_write
+
 PCA_DIMS = 50
 """PaCMAP runs on the features' first principal components (as PaCMAP does by default)."""
 
@@ -121,6 +123,7 @@ def _normalise(xy: np.ndarray) -> np.ndarray:
 
 
 def _read_cache(cache: Path | None, key: str) -> Embedding | None:
+    """The cached map, or None when absent, stale or unreadable (it is then made again)."""
     if cache is None or not cache.exists():
         return None
     try:
@@ -129,19 +132,18 @@ def _read_cache(cache: Path | None, key: str) -> Embedding | None:
                 return None
             note = str(f["note"]) or None
             return Embedding(f["indices"], f["xy"], str(f["method"]), note)
-    except (OSError, KeyError, ValueError):
+    except (KeyError, *UNREADABLE):
         return None
 
 
 def _write_cache(cache: Path | None, key: str, result: Embedding) -> None:
     if cache is None:
         return
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        cache,
-        key=key,
-        indices=result.indices,
-        xy=result.xy,
-        method=result.method,
-        note=result.note or "",
-    )
+    arrays = {
+        "key": key,
+        "indices": result.indices,
+        "xy": result.xy,
+        "method": result.method,
+        "note": result.note or "",
+    }
+    atomic_write(cache, lambda p: np.savez(p.open("wb"), **arrays))

@@ -304,6 +304,7 @@ def train_self_label(
     *,
     lr: float,
     seed: int,
+    checkpoint: dict[str, Any] | None = None,
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
 ) -> nn.Module:
@@ -312,13 +313,19 @@ def train_self_label(
     Confident weak-view predictions (> threshold) are the targets of the strong view. ``lr``
     is ``config.self_label_lr`` (SCAN's 1e-4) when a backbone is trained with the head and
     ``config.frozen_self_label_lr`` for a head alone on stored features
-    (``self_label_on_embeddings``).
+    (``self_label_on_embeddings``). ``checkpoint`` (from ``on_epoch_end``'s state) resumes
+    after its last finished epoch, as in ``train_scan``.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = stage3_optimizer(params, lr, config.weight_decay)
+    start_epoch = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch = int(checkpoint["epoch"]) + 1
     batch = min(config.batch_size, n)
     steps = max(n // batch, 1)
-    for epoch in range(config.self_label_epochs):
+    for epoch in range(start_epoch, config.self_label_epochs):
         seed_everything(stage_seed(seed, "selflabel", epoch))
         model.train()
         started, loss_sum, confident = time.perf_counter(), 0.0, 0
@@ -364,6 +371,7 @@ def self_label_on_embeddings(
     config: ClusteringConfig,
     *,
     seed: int,
+    checkpoint: dict[str, Any] | None = None,
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
 ) -> nn.Linear:
@@ -387,6 +395,7 @@ def self_label_on_embeddings(
         config,
         lr=config.frozen_self_label_lr,
         seed=seed,
+        checkpoint=checkpoint,
         on_epoch_end=on_epoch_end,
         progress=progress,
     )

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from smcluster.config import Config
+from smcluster.engine import seed_everything, stage_seed
 from smcluster.models import ClusterHeads
 from smcluster.stages.clustering import (
     EpochCallback,
@@ -33,7 +35,11 @@ from smcluster.stages.neighbours import (
 
 @dataclass
 class MiningInputs:
-    """What mining reads: stage-1 features and, for the three views, two lazy extras."""
+    """What mining reads: stage-1 features and, for the three views, two lazy extras.
+
+    ``checkpoint`` (from ``on_epoch_end``'s state) continues the weak-view head's warm-up
+    after its last finished epoch.
+    """
 
     features: np.ndarray
     strong_features: Callable[[], np.ndarray]
@@ -41,6 +47,7 @@ class MiningInputs:
     config: Config
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     on_epoch_end: EpochCallback | None = None
+    checkpoint: dict[str, Any] | None = None
 
 
 @dataclass
@@ -74,14 +81,18 @@ def warm_up_head(
     config: Config,
     device: torch.device,
     on_epoch_end: EpochCallback | None = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> tuple[ClusterHeads, Tensor]:
     """The weak-view head Phi_c (METHOD.md, Stage 2 Decision) and its weak-view predictions.
 
     Heads on frozen stage-1 backbone features of weak views (``train_heads_on_embeddings``)
     are trained with the SCAN loss on the 2q candidate sets for ``mining.warmup_epochs``
     epochs; the lowest-loss head predicts p(b) for the weak view b of every image (N x C).
+    The heads start from their own seed, so a resumed run builds the heads an unbroken one
+    did whatever ran before; ``checkpoint`` continues an interrupted warm-up.
     """
     c = config.clustering
+    seed_everything(stage_seed(config.run.seed, "mining-head-init", 0))
     heads = ClusterHeads(weak_embeddings.shape[-1], config.n_clusters, c.heads).to(device)
     neighbours = torch.from_numpy(candidates)
     train_heads_on_embeddings(
@@ -92,6 +103,7 @@ def warm_up_head(
         epochs=config.mining.warmup_epochs,
         seed=config.run.seed,
         stage="mining-head",
+        checkpoint=checkpoint,
         on_epoch_end=on_epoch_end,
         progress=config.run.progress,
     )
@@ -105,7 +117,12 @@ def mine_three_view(inputs: MiningInputs) -> MiningResult:
     instance = _search(inputs, 4 * q)
     strong = filter_by_strong_view(instance, inputs.features, inputs.strong_features(), 2 * q)
     heads, weak_probs = warm_up_head(
-        inputs.weak_embeddings(), strong, inputs.config, inputs.device, inputs.on_epoch_end
+        inputs.weak_embeddings(),
+        strong,
+        inputs.config,
+        inputs.device,
+        inputs.on_epoch_end,
+        inputs.checkpoint,
     )
     final = filter_by_agreement(strong, weak_probs.numpy(), q, score=inputs.config.mining.agreement)
     return MiningResult(
