@@ -95,7 +95,7 @@ def test_three_view_mining_composes_instance_strong_and_weak_views(monkeypatch) 
     embeddings = torch.randn(1, n, 4)
     trained_on: list[np.ndarray] = []
 
-    def fake_head(weak_embeddings, candidates, config, device, on_epoch_end=None):
+    def fake_head(weak_embeddings, candidates, config, device, on_epoch_end=None, checkpoint=None):
         assert weak_embeddings is embeddings
         trained_on.append(np.array(candidates))
         return None, probabilities
