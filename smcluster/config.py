@@ -20,12 +20,22 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from smcluster.augment import MAX_LEVEL
 from smcluster.models.backbones import BACKBONES
+from smcluster.models.pretrained import is_pretrained, parse_backbone
+
+# The choices of string settings. The stages key their registries by these names (one
+# direction: stages import config, never the reverse); tests/test_config.py checks they agree.
+FeatureModel = Literal["paper", "simclr"]
+MiningFeatures = Literal["projector", "backbone"]
+MiningMethod = Literal["three-view", "knn"]
+Agreement = Literal["dot", "argmax"]
+SearchBackend = Literal["auto", "faiss", "torch"]
+Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
 
 
 @dataclass
@@ -64,7 +74,7 @@ class FeatureConfig:
     presets, see ``_small_cnn``).
     """
 
-    model: str = "paper"
+    model: FeatureModel = "paper"
     backbone: str = "resnet18"
     small_stem: bool = True
     width: int = 32
@@ -80,7 +90,7 @@ class FeatureConfig:
     lr: float = 0.05
     weight_decay: float = 5e-4
     warmup_epochs: int = 10
-    mining_features: str = "projector"
+    mining_features: MiningFeatures = "projector"
     bn_group_size: int = 32
     projector_out_bn: bool = False
 
@@ -89,11 +99,11 @@ class FeatureConfig:
 class MiningConfig:
     """Stage 2, neighbour mining (METHOD.md, Stage 2)."""
 
-    method: str = "three-view"
+    method: MiningMethod = "three-view"
     q: int = 20
     warmup_epochs: int = 5
-    agreement: str = "dot"
-    backend: str = "auto"
+    agreement: Agreement = "dot"
+    backend: SearchBackend = "auto"
 
 
 @dataclass
@@ -136,7 +146,7 @@ class RunConfig:
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
-    precision: str = "32-true"
+    precision: Precision = "32-true"
     report: bool = True
     progress: bool = True
 
@@ -182,10 +192,6 @@ class Config:
         Types first (a Config built directly is not checked by ``from_dict``), then the range
         of every number, then choices and the settings that depend on each other.
         """
-        from smcluster.stages.features import FEATURE_MODELS, MINING_FEATURES
-        from smcluster.stages.mining import BACKEND_CHOICES, MINING_METHODS
-        from smcluster.stages.neighbours import SCORERS
-
         for name, value, annotation in _settings(self, ""):
             typed(value, annotation, name)
             allowed = RANGES.get(name, AT_LEAST_0)
@@ -200,18 +206,12 @@ class Config:
                 0 < self.augment.crop_scale[0] <= self.augment.crop_scale[1] <= 1,
                 f"augment.crop_scale must be 0 < low <= high <= 1, got {self.augment.crop_scale}",
             ),
-            _one_of("features.model", self.features.model, FEATURE_MODELS),
-            _one_of("features.backbone", self.features.backbone, BACKBONES),
-            _one_of("features.mining_features", self.features.mining_features, MINING_FEATURES),
+            _backbone_check(self.features.backbone),
             (
                 self.features.bn_group_size == 0 or self.features.bn_group_size >= 2,
                 "features.bn_group_size must be 0 (whole batch) or at least 2 (BatchNorm needs "
                 f"two images per group), got {self.features.bn_group_size}",
             ),
-            _one_of("mining.method", self.mining.method, MINING_METHODS),
-            _one_of("mining.agreement", self.mining.agreement, SCORERS),
-            _one_of("mining.backend", self.mining.backend, BACKEND_CHOICES),
-            _one_of("run.precision", self.run.precision, PRECISIONS),
         ]
         for ok, message in checks:
             if not ok:
@@ -219,11 +219,19 @@ class Config:
         return self
 
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-
-
-def _one_of(name: str, value: Any, options: Any) -> tuple[bool, str]:
-    return value in options, f"{name} must be one of {sorted(options)}, got {value!r}"
+def _backbone_check(source: str) -> tuple[bool, str]:
+    """A built-in backbone name or a pretrained source (``models.pretrained``)."""
+    message = (
+        f"features.backbone must be one of {sorted(BACKBONES)} or a pretrained source "
+        f"(torchvision:NAME, timm:NAME, open_clip:NAME, run:PATH), got {source!r}"
+    )
+    if source in BACKBONES:
+        return True, message
+    try:
+        parse_backbone(source)
+    except ValueError as error:
+        return False, f"{message}: {error}"
+    return is_pretrained(source), message
 
 
 def nested_settings(flat: dict[str, Any], separator: str = "__") -> dict[str, Any]:
@@ -326,7 +334,8 @@ def typed(value: Any, annotation: Any, name: str) -> Any:
     """``value`` as a setting annotated ``annotation``, or a ValueError naming ``name``.
 
     Handles the annotations settings use: bool, int, float (ints and numpy numbers are taken
-    and converted), str, ``X | None`` and fixed-length tuples (lists are taken).
+    and converted), str, ``Literal`` choices, ``X | None`` and fixed-length tuples (lists
+    are taken).
     """
     origin, options = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -338,6 +347,9 @@ def typed(value: Any, annotation: Any, name: str) -> Any:
                     return typed(value, option, name)
                 except ValueError:
                     pass
+    elif origin is Literal:
+        if value in options:
+            return value
     elif origin is tuple:
         if isinstance(value, (list, tuple)) and len(value) == len(options):
             pairs = zip(value, options, strict=True)
@@ -353,6 +365,8 @@ def _describe(annotation: Any) -> str:
     options = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return " or ".join("null" if o is type(None) else _describe(o) for o in options)
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(o) for o in options)
     if typing.get_origin(annotation) is tuple and len(set(options)) == 1:
         return f"a list of {len(options)}, each {_describe(options[0])}"
     if typing.get_origin(annotation) is tuple:

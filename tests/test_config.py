@@ -3,6 +3,7 @@
 import dataclasses
 import re
 import tempfile
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,11 @@ import yaml
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from smcluster import config as config_module
 from smcluster.config import PRESETS, Config, nested_settings, preset
+from smcluster.stages.features import FEATURE_MODELS, MINING_FEATURES
+from smcluster.stages.mining import BACKEND_CHOICES, MINING_METHODS
+from smcluster.stages.neighbours import SCORERS
 
 
 def test_defaults_follow_method() -> None:
@@ -255,3 +260,28 @@ def test_fuzz_config_files(text: str) -> None:
         path = Path(folder) / "c.yaml"
         path.write_text(text, encoding="utf-8")
         outcome(lambda: Config.load(path))
+
+
+@pytest.mark.parametrize(
+    ("choices", "registry"),
+    [
+        (config_module.FeatureModel, FEATURE_MODELS),
+        (config_module.MiningFeatures, MINING_FEATURES),
+        (config_module.MiningMethod, MINING_METHODS),
+        (config_module.Agreement, SCORERS),
+        (config_module.SearchBackend, BACKEND_CHOICES),
+    ],
+)
+def test_choice_settings_name_exactly_the_registered_implementations(choices, registry) -> None:
+    assert set(typing.get_args(choices)) == set(registry)
+
+
+def test_a_choice_outside_its_literal_is_refused_with_the_options() -> None:
+    with pytest.raises(ValueError, match=r"mining.method must be one of 'three-view', 'knn'"):
+        Config.from_dict({"mining": {"method": "spectral"}})
+
+
+def test_pretrained_backbone_sources_are_valid_settings() -> None:
+    Config.from_dict({"features": {"backbone": "timm:resnet10t"}}).validate()
+    with pytest.raises(ValueError, match="features.backbone"):
+        Config.from_dict({"features": {"backbone": "keras:resnet"}}).validate()

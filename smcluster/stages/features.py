@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from smcluster.augment import ViewMaker
-from smcluster.config import Config
+from smcluster.config import Config, FeatureModel, MiningFeatures
 from smcluster.engine import (
     Shard,
     batch_indices,
@@ -137,13 +137,13 @@ class SimCLRFeatureModel(nn.Module):
         del step, total_steps, targets
 
 
-FEATURE_MODELS: dict[str, type[nn.Module]] = {
+FEATURE_MODELS: dict[FeatureModel, type[nn.Module]] = {
     "paper": PaperFeatureModel,
     "simclr": SimCLRFeatureModel,
 }
 
 # Which output of the online encoder stage 2 mines with (METHOD.md, Stage 2 Decision).
-MINING_FEATURES: dict[str, Callable[[Encoder, Tensor], Tensor]] = {
+MINING_FEATURES: dict[MiningFeatures, Callable[[Encoder, Tensor], Tensor]] = {
     "projector": lambda encoder, x: encoder(x),
     "backbone": lambda encoder, x: encoder.backbone(x),
 }

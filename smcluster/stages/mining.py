@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from smcluster.config import Config
+from smcluster.config import Config, MiningMethod, SearchBackend
 from smcluster.engine import seed_everything, stage_seed
 from smcluster.models import ClusterHeads
 from smcluster.stages.clustering import (
@@ -66,7 +66,11 @@ def _search(inputs: MiningInputs, k: int) -> np.ndarray:
 
 
 # "auto": faiss on the CPU, a chunked torch top-k on a GPU (faiss-cpu has no GPU build).
-BACKEND_CHOICES: dict[str, str | None] = {"auto": None, "faiss": "faiss", "torch": "torch"}
+BACKEND_CHOICES: dict[SearchBackend, str | None] = {
+    "auto": None,
+    "faiss": "faiss",
+    "torch": "torch",
+}
 
 
 def mine_plain(inputs: MiningInputs) -> MiningResult:
@@ -133,7 +137,7 @@ def mine_three_view(inputs: MiningInputs) -> MiningResult:
     )
 
 
-MINING_METHODS: dict[str, Callable[[MiningInputs], MiningResult]] = {
+MINING_METHODS: dict[MiningMethod, Callable[[MiningInputs], MiningResult]] = {
     "knn": mine_plain,
     "three-view": mine_three_view,
 }
