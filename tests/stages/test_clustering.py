@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from smcluster.config import ClusteringConfig
+from smcluster.data.embeddings import load_embeddings
 from smcluster.metrics import cluster_accuracy
 from smcluster.models import ClusterHeads
 from smcluster.stages.clustering import (
@@ -23,7 +24,7 @@ from smcluster.stages.clustering import (
     train_heads_on_embeddings,
     train_scan,
 )
-from smcluster.stages.neighbours import mine_knn
+from smcluster.stages.neighbours import find_neighbours, mine_knn, neighbour_purity
 
 
 def blobs(n_per: int = 60, clusters: int = 6, dim: int = 16, seed: int = 0, scale: float = 4.0):
@@ -236,3 +237,39 @@ def test_heads_on_a_memory_mapped_store_match_the_in_memory_tensor(tmp_path) -> 
     # One N x E view works as V = 1.
     fetched = embedding_fetch(mapped[0], torch.device("cpu"))(torch.tensor([3, 1]))
     np.testing.assert_array_equal(fetched.numpy(), x[[3, 1]])
+
+
+def test_stages_2_and_3_on_precomputed_embeddings_recover_planted_clusters(tmp_path) -> None:
+    """Precomputed embeddings without images: a memory-mapped .npy, kNN, heads, selection."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(20, 32))
+    labels = rng.integers(0, 20, size=2000)
+    x = centres[labels] + 1.25 * rng.normal(size=(2000, 32)) * np.linalg.norm(centres, axis=1)[
+        labels, None
+    ] / np.sqrt(32)
+    np.save(tmp_path / "emb.npy", x.astype(np.float32))
+    emb = load_embeddings(tmp_path / "emb.npy")
+    assert emb.memory_mapped
+    found = find_neighbours(emb.vectors, 10, index="auto")
+    assert found.index == "exact" and neighbour_purity(found.indices, labels) > 0.75
+    neighbours = torch.from_numpy(found.indices)
+    config = ClusteringConfig(batch_size=256, heads=3)
+    heads = ClusterHeads(32, 20, n_heads=3)
+    losses: list[float] = []
+    train_heads_on_embeddings(
+        heads,
+        emb.vectors,
+        neighbours,
+        config,
+        epochs=30,
+        seed=0,
+        progress=False,
+        on_epoch_end=lambda e, m, o, r: losses.append(r["loss"]),
+    )
+    assert losses[-1] < losses[0] - 0.5
+    scores = score_heads(heads, emb.vectors, neighbours, config.entropy_weight, labels)
+    best = select_head(heads, scores)
+    predicted = head_probabilities(heads, emb.vectors, best).argmax(1).numpy()
+    # Measured 0.96 with neighbour purity 0.87; chance is about 0.05 for 20 clusters.
+    assert cluster_accuracy(labels, predicted) > 0.85
+    assert scores[best]["acc"] == cluster_accuracy(labels, predicted)
