@@ -78,13 +78,19 @@ class FeatureConfig:
 
 @dataclass
 class MiningConfig:
-    """Stage 2, neighbour mining (METHOD.md, Stage 2)."""
+    """Stage 2, neighbour mining (METHOD.md, Stage 2).
+
+    ``index``: the kNN index, "exact", "ivf" or "hnsw" (approximate, tuned to a recall
+    against exact search that is measured and reported), or "auto" (exact up to
+    ``stages.neighbours.EXACT_LIMIT`` images on the CPU, IVF above it).
+    """
 
     method: str = "three-view"
     q: int = 20
     warmup_epochs: int = 5
     agreement: str = "dot"
     backend: str = "auto"
+    index: str = "auto"
 
 
 @dataclass
