@@ -113,6 +113,21 @@ def _metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     return {"acc": scores["acc"], "nmi": scores["nmi"]}
 
 
+def write_probabilities(path: Path, shape: tuple[int, int], chunks: Any) -> np.ndarray:
+    """Stream (start, chunk) probabilities into an .npy by plain writes (no mapping whose
+    dirty pages would count as resident memory); returns each row's argmax."""
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    offset = header.offset
+    del header
+    predicted = np.empty(shape[0], dtype=np.int64)
+    with open(path, "r+b") as out:
+        out.seek(offset)
+        for start, p in chunks:
+            out.write(p.numpy().astype(np.float32).tobytes())
+            predicted[start : start + len(p)] = p.argmax(1).numpy()
+    return predicted
+
+
 def child_knn(work: Path, n: int, index: str) -> dict[str, Any]:
     from smcluster.stages.neighbours import find_neighbours, knn_recall, neighbour_purity
 
@@ -140,7 +155,7 @@ def child_heads(work: Path, n: int) -> dict[str, Any]:
     from smcluster.config import ClusteringConfig
     from smcluster.models import ClusterHeads
     from smcluster.stages.clustering import (
-        head_probabilities,
+        head_probability_chunks,
         score_heads,
         select_head,
         train_heads_on_embeddings,
@@ -172,14 +187,9 @@ def child_heads(work: Path, n: int) -> dict[str, Any]:
     scores = score_heads(heads, x, neighbours, config.entropy_weight, sample=s["score_sample"])
     best = select_head(heads, scores)
     scored = time.perf_counter() - started - trained
-    out = np.lib.format.open_memmap(
-        f["probabilities"], mode="w+", dtype=np.float32, shape=(n, CLUSTERS)
+    predicted = write_probabilities(
+        f["probabilities"], (n, CLUSTERS), head_probability_chunks(heads, x, best)
     )
-    head_probabilities(heads, x, best, out=out)
-    predicted = np.empty(n, dtype=np.int64)
-    for start in range(0, n, 65536):
-        predicted[start : start + 65536] = out[start : start + 65536].argmax(1)
-    del out
     return {
         "settings": s,
         "train_s": trained,
@@ -326,6 +336,13 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"scale-{date}"
+    if stem.with_suffix(".json").exists():  # keep rows of other sizes from an earlier run
+        earlier = json.loads(stem.with_suffix(".json").read_text())
+        done = {(r["n"], r["stage"]) for r in rows}
+        kept = [r for r in earlier["rows"] if (r["n"], r["stage"]) not in done]
+        rows = sorted(kept + rows, key=lambda r: r["n"])
+        meta["sizes"] = sorted(set(earlier["meta"]["sizes"]) | set(args.sizes))
+        meta["command"] = " and ".join(dict.fromkeys([earlier["meta"]["command"], meta["command"]]))
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     stem.with_suffix(".md").write_text(render(rows, meta))
 

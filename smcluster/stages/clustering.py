@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -204,6 +204,19 @@ def _rows(stored: Stored, rows: np.ndarray | Tensor | slice) -> Tensor:
 
 
 @torch.no_grad()
+def head_probability_chunks(
+    heads: ClusterHeads, embeddings: Stored, head: int, chunk: int = 8192
+) -> Iterator[tuple[int, Tensor]]:
+    """(first row, soft assignments chunk x clusters float32 on the CPU) of one head,
+    ``embeddings`` (N x E) read ``chunk`` rows at a time: for writers that stream an N x C
+    output to disk without holding it."""
+    heads.eval()
+    layer = heads.head(head)
+    for start in range(0, len(embeddings), chunk):
+        rows = _rows(embeddings, slice(start, start + chunk)).to(layer.weight.device)
+        yield start, torch.softmax(layer(rows), dim=-1).cpu()
+
+
 def head_probabilities(
     heads: ClusterHeads,
     embeddings: Stored,
@@ -213,17 +226,11 @@ def head_probabilities(
 ) -> Tensor | np.ndarray:
     """Soft assignments of one head: N x clusters, float32 on the CPU.
 
-    ``embeddings`` (N x E) is read ``chunk`` rows at a time. With ``out`` (an N x C float32
-    array, e.g. ``np.lib.format.open_memmap`` of the output file) each chunk is written into
-    it and ``out`` is returned, so an N x C that does not fit in memory is never held whole.
+    With ``out`` (an N x C float32 array, e.g. ``np.lib.format.open_memmap`` of the output
+    file) each chunk is written into it and ``out`` is returned.
     """
-    heads.eval()
-    layer = heads.head(head)
-    n = len(embeddings)
     parts = []
-    for start in range(0, n, chunk):
-        rows = _rows(embeddings, slice(start, start + chunk)).to(layer.weight.device)
-        p = torch.softmax(layer(rows), dim=-1).cpu()
+    for start, p in head_probability_chunks(heads, embeddings, head, chunk):
         if out is None:
             parts.append(p)
         else:

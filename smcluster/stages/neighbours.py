@@ -179,7 +179,7 @@ class SearchOptions:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str = "faiss"
     seed: int = 0
-    target_recall: float = 0.95
+    target_recall: float = 0.9
     recall_sample: int = 1000
     drop_self: bool = True
 
@@ -324,9 +324,10 @@ IndexFn = Callable[[np.ndarray, np.ndarray, int, SearchOptions], NeighbourSearch
 
 INDEXES: dict[str, IndexFn] = {"exact": _exact_index, "ivf": _ivf_index, "hnsw": _hnsw_index}
 
-# Measured on 2 CPU cores, D = 384, k = 21 (benchmarks/scale_embeddings.py): above this many
-# images the IVF index (recall >= 0.9) is faster than exact search of all N against N.
-EXACT_LIMIT = 50_000
+# Measured on 2 CPU cores, D = 384, k = 20, 1,000 planted clusters (CPU seconds, exact vs
+# IVF at recall >= 0.9): 0.4 vs 0.8 at 5,000 images, 1.4 vs 1.1 at 10^4, 4.7 vs 2.4 at
+# 2 x 10^4, 18 vs 6 at 4 x 10^4 (benchmarks/results/scale-*.md). Exact search grows as N^2.
+EXACT_LIMIT = 10_000
 APPROXIMATE = "ivf"
 
 
@@ -347,7 +348,7 @@ def find_neighbours(
     backend: str | None = None,
     index: str = "auto",
     seed: int = 0,
-    target_recall: float = 0.95,
+    target_recall: float = 0.9,
 ) -> NeighbourSearch:
     """k nearest neighbours by cosine similarity (METHOD.md, Stage 2, step 1), with the index
     used and its recall.
@@ -398,8 +399,9 @@ def find_neighbours(
     chosen = choose_index(n, dev) if index == "auto" else index
     if chosen not in INDEXES:
         raise ValueError(f"unknown index {index!r}; choose 'auto' or one of {sorted(INDEXES)}")
-    opts = SearchOptions(int(chunk_size), dev, name, int(seed), float(target_recall))
-    opts.drop_self = drop_self
+    opts = SearchOptions(
+        int(chunk_size), dev, name, int(seed), float(target_recall), drop_self=drop_self
+    )
     found = INDEXES[chosen](db, q, int(k) + int(drop_self), opts)
     if drop_self:
         found.indices, found.similarities = _drop_self(found.indices, found.similarities)
