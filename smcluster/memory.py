@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 FLOAT, INDEX = 4, 8
+# Resident memory of a process that has imported smcluster's stages, torch and faiss.
+RUNTIME_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,12 @@ def estimate_memory(
     score_rows = max(1, score_budget // ((1 + k) * heads * n_clusters)) * (1 + k)
     c, h, b = n_clusters, heads, batch_size
     return [
+        MemoryTerm(
+            "runtime (Python with torch and faiss loaded, measured)",
+            RUNTIME_BYTES,
+            "all",
+            "nothing (a fixed cost)",
+        ),
         MemoryTerm(
             "stored embeddings (N x views x D float32)",
             n * views * d * FLOAT,
