@@ -253,6 +253,9 @@ def run_child(stage: str, n: int, work: Path, threads: int) -> dict[str, Any]:
 
 
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    from smcluster.memory import estimate_memory, format_bytes, peak_memory
+    from smcluster.stages.neighbours import choose_index
+
     lines = [
         f"# Stages 2-3 on precomputed embeddings at scale ({meta['date']})",
         "",
@@ -285,6 +288,31 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "-" if "nmi" not in r else f"{r['nmi']:.3f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Memory estimate (``smcluster.memory.estimate_memory`` with these settings; peak stage,"
+        " with memory-mapped files / without them) against the largest measured peak:",
+        "",
+        "| N | estimated peak | without mapped files | measured peak MB |",
+        "|---|---|---|---|",
+    ]
+    for n in meta["sizes"]:
+        s = frozen_settings(n, CLUSTERS)
+        terms = estimate_memory(
+            n,
+            DIM,
+            s["q"],
+            CLUSTERS,
+            s["heads"],
+            batch_size=s["batch_size"],
+            index=choose_index(n),
+        )
+        stage, full = peak_memory(terms)
+        bare = peak_memory(terms, reclaimable=False)[1]
+        measured = max((r["peak_mb"] for r in rows if r["n"] == n), default=0.0)
+        lines.append(
+            f"| {n} | {format_bytes(full)} ({stage}) | {format_bytes(bare)} | {measured:.0f} |"
+        )
     lines += ["", "Settings chosen (``frozen_settings``):", ""]
     lines += [
         "| N | q | batch | heads | epochs | index | score sample |",
@@ -309,7 +337,12 @@ def main() -> None:
     parser.add_argument("--note", default="")
     parser.add_argument("--child", choices=sorted(CHILDREN))
     parser.add_argument("--n", type=int)
+    parser.add_argument("--render", type=Path, help="rewrite the .md of a results .json")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(render(saved["rows"], saved["meta"]))
+        return
     if args.child:
         out = CHILDREN[args.child](args.work, args.n)
         (args.work / str(args.n) / f"{args.child}.json").write_text(json.dumps(out))
