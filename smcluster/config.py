@@ -35,6 +35,7 @@ MiningFeatures = Literal["projector", "backbone"]
 MiningMethod = Literal["three-view", "knn"]
 Agreement = Literal["dot", "argmax"]
 SearchBackend = Literal["auto", "faiss", "torch"]
+SearchIndex = Literal["auto", "exact", "ivf", "hnsw"]
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
 
 
@@ -97,13 +98,19 @@ class FeatureConfig:
 
 @dataclass
 class MiningConfig:
-    """Stage 2, neighbour mining (METHOD.md, Stage 2)."""
+    """Stage 2, neighbour mining (METHOD.md, Stage 2).
+
+    ``index``: the kNN index, "exact", "ivf" or "hnsw" (approximate, tuned to a recall
+    against exact search that is measured and reported), or "auto" (exact up to
+    ``stages.neighbours.EXACT_LIMIT`` images on the CPU, IVF above it).
+    """
 
     method: MiningMethod = "three-view"
     q: int = 20
     warmup_epochs: int = 5
     agreement: Agreement = "dot"
     backend: SearchBackend = "auto"
+    index: SearchIndex = "auto"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from smcluster import config as config_module
 from smcluster.config import PRESETS, Config, nested_settings, preset
 from smcluster.stages.features import FEATURE_MODELS, MINING_FEATURES
 from smcluster.stages.mining import BACKEND_CHOICES, MINING_METHODS
-from smcluster.stages.neighbours import SCORERS
+from smcluster.stages.neighbours import INDEXES, SCORERS
 
 
 def test_defaults_follow_method() -> None:
@@ -270,6 +270,7 @@ def test_fuzz_config_files(text: str) -> None:
         (config_module.MiningMethod, MINING_METHODS),
         (config_module.Agreement, SCORERS),
         (config_module.SearchBackend, BACKEND_CHOICES),
+        (config_module.SearchIndex, {"auto", *INDEXES}),
     ],
 )
 def test_choice_settings_name_exactly_the_registered_implementations(choices, registry) -> None:

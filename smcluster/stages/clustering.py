@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,12 @@ from smcluster.models import ClusterHeads
 
 Fetch = Callable[[Tensor], Tensor]
 EpochCallback = Callable[[int, nn.Module, torch.optim.Optimizer, dict[str, Any]], None]
+# Stored features: a tensor or a numpy array (a memory-mapped .npy stays mapped), N x E or
+# V x N x E; only the rows a batch or chunk needs are read and converted to float32.
+Stored = Tensor | np.ndarray
+
+# Logits computed per head-scoring chunk (64 MiB of float32), whatever N, C and the heads.
+SCORE_BUDGET = 1 << 24
 
 
 class ClusteringModel(nn.Module):
@@ -152,7 +158,7 @@ def train_scan(
 
 def train_heads_on_embeddings(
     heads: ClusterHeads,
-    views: Tensor,
+    views: Stored,
     neighbours: Tensor,
     config: ClusteringConfig,
     *,
@@ -163,7 +169,8 @@ def train_heads_on_embeddings(
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
 ) -> ClusteringModel:
-    """``train_scan`` for heads alone on stored features of V views (V x N x E).
+    """``train_scan`` for heads alone on stored features of V views (V x N x E, or N x E for
+    one view; a tensor or a numpy array such as a memory-mapped .npy, read batch by batch).
 
     The heads train on centred features at ``config.frozen_lr`` and the mean is folded into
     their biases at the end (``embedding_mean``), so they read raw backbone features after.
@@ -188,18 +195,47 @@ def train_heads_on_embeddings(
     return model
 
 
+def _rows(stored: Stored, rows: np.ndarray | Tensor | slice) -> Tensor:
+    """Rows of an N x E store as a float32 CPU tensor, reading only those rows."""
+    if isinstance(stored, Tensor):
+        return stored[rows].float()
+    picked = stored[rows.numpy() if isinstance(rows, Tensor) else rows]
+    return torch.from_numpy(np.array(picked, dtype=np.float32))  # a copy: the map is read-only
+
+
 @torch.no_grad()
-def head_probabilities(
-    heads: ClusterHeads, embeddings: Tensor, head: int, chunk: int = 8192
-) -> Tensor:
-    """Soft assignments of one head: N x clusters, float32 on the CPU."""
+def head_probability_chunks(
+    heads: ClusterHeads, embeddings: Stored, head: int, chunk: int = 8192
+) -> Iterator[tuple[int, Tensor]]:
+    """(first row, soft assignments chunk x clusters float32 on the CPU) of one head,
+    ``embeddings`` (N x E) read ``chunk`` rows at a time: for writers that stream an N x C
+    output to disk without holding it."""
     heads.eval()
     layer = heads.head(head)
-    parts = [
-        torch.softmax(layer(e.to(layer.weight.device).float()), dim=-1).cpu()
-        for e in embeddings.split(chunk)
-    ]
-    return torch.cat(parts)
+    for start in range(0, len(embeddings), chunk):
+        rows = _rows(embeddings, slice(start, start + chunk)).to(layer.weight.device)
+        yield start, torch.softmax(layer(rows), dim=-1).cpu()
+
+
+def head_probabilities(
+    heads: ClusterHeads,
+    embeddings: Stored,
+    head: int,
+    chunk: int = 8192,
+    out: np.ndarray | None = None,
+) -> Tensor | np.ndarray:
+    """Soft assignments of one head: N x clusters, float32 on the CPU.
+
+    With ``out`` (an N x C float32 array, e.g. ``np.lib.format.open_memmap`` of the output
+    file) each chunk is written into it and ``out`` is returned.
+    """
+    parts = []
+    for start, p in head_probability_chunks(heads, embeddings, head, chunk):
+        if out is None:
+            parts.append(p)
+        else:
+            out[start : start + len(p)] = p.numpy()
+    return torch.cat(parts) if out is None else out
 
 
 @torch.no_grad()
@@ -222,24 +258,66 @@ def head_loss(
     }
 
 
+@torch.no_grad()
 def score_heads(
     heads: ClusterHeads,
-    embeddings: Tensor,
-    neighbours: Tensor,
+    embeddings: Stored,
+    neighbours: Tensor | np.ndarray,
     entropy_weight: float,
     labels: np.ndarray | None = None,
+    *,
+    sample: int | None = None,
+    seed: int = 0,
+    budget: int = SCORE_BUDGET,
 ) -> list[dict[str, float]]:
-    """Every head's loss (SCAN's head-selection criterion), one head at a time.
+    """Every head's SCAN loss over the data set (SCAN's head-selection criterion).
 
-    Memory stays at one N x C array whatever the number of heads. With ``labels`` (for
-    reporting only) each head's ACC is added, so head selection can be judged.
+    All heads are scored in one pass over chunks of anchors: each chunk's anchors and their
+    neighbours are read from ``embeddings`` (N x E) and their probabilities computed, the
+    consistency term and the mean prediction are accumulated, and nothing N x C is held, so
+    memory is one chunk of at most ``budget`` logits whatever N, C and the number of heads.
+    The cost is (1 + q) forward passes over the data; ``sample`` uses that many of each
+    image's q neighbours (drawn with ``seed``), an unbiased estimate of the consistency term
+    for 1 + sample passes. With ``labels`` (for reporting only) each head's ACC is added.
     """
+    heads.eval()
+    nb = neighbours.numpy() if isinstance(neighbours, Tensor) else np.asarray(neighbours)
+    n, q = nb.shape
+    used = q if sample is None else min(q, int(sample))
+    h, c = len(heads), heads.n_clusters
+    rows = max(1, budget // ((1 + used) * h * c))
+    device = heads.weight.device
+    rng = np.random.default_rng(seed)
+    mass = torch.zeros(h, c, dtype=torch.float64)
+    consistency = torch.zeros(h, dtype=torch.float64)
+    predicted = np.empty((h, n), dtype=np.int64) if labels is not None else None
+    for start in range(0, n, rows):
+        partners = nb[start : start + rows]
+        if used < q:
+            pick = np.argsort(rng.random(partners.shape), axis=1)[:, :used]
+            partners = np.take_along_axis(partners, pick, axis=1)
+        r = len(partners)
+        wanted = np.concatenate([np.arange(start, start + r), partners.reshape(-1)])
+        order = np.argsort(wanted, kind="stable")  # read a mapped file in file order
+        x = _rows(embeddings, wanted[order])[torch.from_numpy(np.argsort(order))]
+        p = torch.softmax(heads(x.to(device)), dim=-1)
+        anchor, partner = p[:, :r], p[:, r:].reshape(h, r, used, c)
+        dots = torch.einsum("hrc,hrqc->hrq", anchor, partner).clamp_min(1e-7)
+        consistency -= dots.log().sum(dim=(1, 2)).double().cpu()
+        mass += anchor.sum(dim=1).double().cpu()
+        if predicted is not None:
+            predicted[:, start : start + r] = anchor.argmax(dim=-1).cpu().numpy()
+    consistency /= n * used
+    spread = entropy(mass / n)
     scores = []
-    for h in range(len(heads)):
-        probs = head_probabilities(heads, embeddings, h)
-        score = head_loss(probs, neighbours, entropy_weight)
-        if labels is not None:
-            score["acc"] = cluster_accuracy(labels, probs.argmax(1).numpy())
+    for i in range(h):
+        score = {
+            "total": float(consistency[i] - entropy_weight * spread[i]),
+            "consistency": float(consistency[i]),
+            "entropy": float(spread[i]),
+        }
+        if predicted is not None:
+            score["acc"] = cluster_accuracy(labels, predicted[i])
         scores.append(score)
     return scores
 
@@ -251,23 +329,35 @@ def select_head(heads: ClusterHeads, losses: list[dict[str, float]]) -> int:
     return best
 
 
-def embedding_fetch(views: Tensor, device: torch.device, shift: Tensor | None = None) -> Fetch:
-    """Fetch from stored features of V augmented views (V x N x E): a random view per image.
+def _as_views(views: Stored) -> Stored:
+    """V x N x E stored views; an N x E store is one view (no copy for a mapped array)."""
+    return views[None] if views.ndim == 2 else views
+
+
+def embedding_fetch(views: Stored, device: torch.device, shift: Tensor | None = None) -> Fetch:
+    """Fetch from stored features of V augmented views (V x N x E, or N x E for one view; a
+    tensor or a numpy array, e.g. memory-mapped): a random view per image, only the batch's
+    rows read.
 
     ``shift`` (E) is subtracted from every fetched feature (see ``embedding_mean``).
     """
     offset = None if shift is None else shift.to(device).float()
+    stored = _as_views(views)
 
     def fetch(idx: Tensor) -> Tensor:
-        view = torch.randint(len(views), (len(idx),))
-        x = views[view, idx].to(device).float()
+        view = torch.randint(len(stored), (len(idx),))
+        if isinstance(stored, Tensor):
+            x = stored[view, idx].to(device).float()
+        else:
+            rows = np.ascontiguousarray(stored[view.numpy(), idx.numpy()], dtype=np.float32)
+            x = torch.from_numpy(rows).to(device)
         return x if offset is None else x - offset
 
     return fetch
 
 
 @torch.no_grad()
-def embedding_mean(views: Tensor, chunk: int = 65536) -> Tensor:
+def embedding_mean(views: Stored, chunk: int = 65536) -> Tensor:
     """The mean stored feature over all views and images (E, float32).
 
     Heads on frozen features train on centred features (our Decision; METHOD.md, Stage 3 is
@@ -275,12 +365,13 @@ def embedding_mean(views: Tensor, chunk: int = 65536) -> Tensor:
     Adam's steps on a linear head badly conditioned and SCAN stuck in poorer partitions
     (MNIST-10k, paper features: ACC 64 raw vs 75 centred; see benchmarks/README.md). The
     mean is folded into the heads' biases afterwards (``ClusterHeads.fold_input_shift``), so
-    the kept heads read raw backbone features like any other.
+    the kept heads read raw backbone features like any other. A numpy store (memory-mapped or
+    not) is summed ``chunk`` rows at a time.
     """
     flat = views.reshape(-1, views.shape[-1])
     total = torch.zeros(flat.shape[1], dtype=torch.float64)
     for start in range(0, len(flat), chunk):
-        total += flat[start : start + chunk].double().sum(dim=0)
+        total += _rows(flat, slice(start, start + chunk)).double().sum(dim=0)
     return (total / max(len(flat), 1)).float()
 
 

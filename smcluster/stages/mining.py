@@ -61,8 +61,16 @@ class MiningResult:
 
 
 def _search(inputs: MiningInputs, k: int) -> np.ndarray:
-    backend = BACKEND_CHOICES[inputs.config.mining.backend]
-    return knn_search(inputs.features, k, backend=backend, device=inputs.device)[0]
+    config = inputs.config
+    backend = BACKEND_CHOICES[config.mining.backend]
+    return knn_search(
+        inputs.features,
+        k,
+        backend=backend,
+        device=inputs.device,
+        index=config.mining.index,
+        seed=config.run.seed,
+    )[0]
 
 
 # "auto": faiss on the CPU, a chunked torch top-k on a GPU (faiss-cpu has no GPU build).

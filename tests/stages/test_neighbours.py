@@ -10,9 +10,13 @@ import pytest
 from smcluster.metrics import knn_accuracy
 from smcluster.stages.neighbours import (
     BACKENDS,
+    EXACT_LIMIT,
+    choose_index,
     filter_by_agreement,
     filter_by_strong_view,
+    find_neighbours,
     instance_view,
+    knn_recall,
     knn_search,
     mine_knn,
     neighbour_purity,
@@ -203,3 +207,75 @@ def test_raw_mnist_neighbours_are_pure(shared_data: Path) -> None:
     at = purity_at(neighbours, labels, [1, 5, 20])
     assert at[1] > at[5] > at[20] == pytest.approx(purity)
     assert knn_accuracy(neighbours, labels) > 0.85
+
+
+def _mixture(n: int, dim: int, clusters: int, seed: int = 0, noise: float = 0.5):
+    """Gaussian clusters on the sphere, their centres in families of five (close siblings)."""
+    rng = np.random.default_rng(seed)
+    families = _unit(rng.normal(size=(clusters // 5, dim)))
+    centres = _unit(
+        families[np.arange(clusters) % len(families)]
+        + 0.6 * _unit(rng.normal(size=(clusters, dim)))
+    )
+    labels = rng.integers(0, clusters, size=n)
+    x = centres[labels] + noise / np.sqrt(dim) * rng.normal(size=(n, dim))
+    return x.astype(np.float32), labels
+
+
+@pytest.mark.parametrize(("index", "n"), [("ivf", 20_000), ("hnsw", 4_000)])
+def test_approximate_index_recall_against_exact_search(index: str, n: int) -> None:
+    x, labels = _mixture(n, 32, 100)
+    exact = find_neighbours(x, 10, index="exact")
+    found = find_neighbours(x, 10, index=index, target_recall=0.9)
+    assert found.index == index and exact.index == "exact" and exact.recall == 1.0
+    recall = knn_recall(found.indices, exact.indices)
+    assert recall >= 0.9
+    assert found.recall == pytest.approx(recall, abs=0.03)  # the sample's estimate is honest
+    assert not (found.indices == np.arange(n)[:, None]).any()
+    assert np.all(np.diff(found.similarities, axis=1) <= 1e-6)
+    assert neighbour_purity(found.indices, labels) > 0.5
+
+
+def test_ivf_is_deterministic_for_a_seed_and_tunes_nprobe() -> None:
+    x, _ = _mixture(5_000, 16, 50, seed=1, noise=1.0)
+    first = find_neighbours(x, 8, index="ivf", seed=3)
+    again = find_neighbours(x, 8, index="ivf", seed=3)
+    np.testing.assert_array_equal(first.indices, again.indices)
+    assert first.params == again.params and first.recall == again.recall
+    assert first.params["nlist"] == 5_000 // 39  # 4 sqrt(N) capped at 39 training rows each
+    other = find_neighbours(x, 8, index="ivf", seed=4)
+    assert not np.array_equal(first.indices, other.indices)
+    # A stricter target probes more lists and finds more of the exact neighbours.
+    strict = find_neighbours(x, 8, index="ivf", seed=3, target_recall=0.99)
+    assert strict.params["nprobe"] > first.params["nprobe"] and strict.recall >= 0.99
+
+
+def test_auto_index_is_exact_below_the_limit_and_on_accelerators() -> None:
+    x, _ = _mixture(500, 8, 10)
+    assert find_neighbours(x, 5).index == "exact"
+    assert choose_index(EXACT_LIMIT) == "exact"
+    assert choose_index(EXACT_LIMIT + 1) == "ivf"
+    assert choose_index(10 * EXACT_LIMIT, "cuda") == "exact"
+    with pytest.raises(ValueError, match="unknown index 'annoy'"):
+        find_neighbours(x, 5, index="annoy")
+    with pytest.raises(ValueError, match="target_recall"):
+        find_neighbours(x, 5, index="ivf", target_recall=1.5)
+
+
+def test_memory_mapped_features_give_the_same_neighbours(tmp_path: Path) -> None:
+    x, _ = _mixture(300, 8, 10)
+    np.save(tmp_path / "x.npy", x * 3.0)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    for backend in BACKEND_NAMES:
+        idx, sims = knn_search(mapped, 6, backend=backend, chunk_size=64)
+        ref_idx, ref_sims = knn_search(x, 6, backend=backend)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_allclose(sims, ref_sims, atol=1e-6)
+    assert not mapped.flags.writeable  # read, never normalised in place
+
+
+def test_knn_recall_by_hand() -> None:
+    exact = np.array([[1, 2, 3], [0, 2, 3]])
+    assert knn_recall(np.array([[3, 2, 1], [0, 5, 6]]), exact) == pytest.approx(4 / 6)
+    with pytest.raises(ValueError, match="same shape"):
+        knn_recall(exact[:, :2], exact)
