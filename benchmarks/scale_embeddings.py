@@ -265,16 +265,24 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Data: {meta['data']}",
         "",
+        "Recall is against exact search on all rows where exact search ran, else the index's"
+        " estimate on 1,000 seeded queries (marked ~).",
+        "",
         "| N | stage | wall s | CPU s | peak MB | index / settings | recall | purity | ACC | NMI |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    order = ["data", *CHILDREN]
+    for r in sorted(rows, key=lambda r: (r["n"], order.index(r["stage"]))):
         if r["stage"] == "data":
             continue
         detail = r.get("params") or r.get("settings") or ""
         if isinstance(detail, dict):
             detail = ", ".join(f"{k}={v}" for k, v in detail.items())
-        recall = r.get("recall", r.get("sample_recall"))
+        recall = f"{r['recall']:.3f}" if "recall" in r else None
+        if r.get("index") == "exact":
+            recall = "1 (exact)"
+        elif recall is None and r.get("sample_recall") is not None:
+            recall = f"~{r['sample_recall']:.3f} (sample)"
         cells = [
             str(r["n"]),
             r["stage"] if r["exit"] == 0 else f"{r['stage']} (exit {r['exit']})",
@@ -282,7 +290,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['cpu_s']:.0f}",
             f"{r['peak_mb']:.0f}",
             str(detail),
-            "-" if recall is None else f"{recall:.3f}",
+            recall or "-",
             "-" if "purity" not in r else f"{r['purity']:.3f}",
             "-" if "acc" not in r else f"{r['acc']:.3f}",
             "-" if "nmi" not in r else f"{r['nmi']:.3f}",
