@@ -21,6 +21,8 @@ import torch
 
 from smcluster.config import Config, load_settings, nested_settings, preset
 from smcluster.data import ImageSet, load_dataset
+from smcluster.data.embeddings import Embeddings
+from smcluster.data.imageset import check_labels
 from smcluster.inference import FittedModel, load_fitted, warn_if_converted
 from smcluster.pipeline import run_pipeline
 from smcluster.runfolder import IN_MEMORY, RunFolder
@@ -75,6 +77,24 @@ def as_imageset(X: Any, y: Any = None, config: Config | None = None) -> ImageSet
     return from_arrays(images, labels, image_size=d.image_size, channels=d.channels)
 
 
+def as_embeddings(X: Any, y: Any = None) -> Embeddings | None:
+    """``X`` as precomputed features when it is ``Embeddings`` or a 2-D float array (images
+    are integer arrays of 3 or 4 dimensions), else None."""
+    if isinstance(X, Embeddings):
+        return X
+    if isinstance(X, (str, Path, ImageSet)):
+        return None
+    array = X.numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+    if array.ndim != 2 or array.dtype.kind != "f":
+        return None
+    labels = None if y is None else check_labels(np.asarray(y), len(array), "y")
+    vectors = array.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(vectors)):
+        raise ValueError("the features contain NaN or infinite values")
+    ids = [str(i) for i in range(len(array))]
+    return Embeddings(vectors, ids, labels, "embeddings")
+
+
 class SMCluster:
     """Deep clustering of images into many groups (METHOD.md: stages 1-3).
 
@@ -122,16 +142,21 @@ class SMCluster:
         resume: bool = False,
         features_from: str | Path | None = None,
     ) -> SMCluster:
-        """Cluster ``X`` (ImageSet, source string, or uint8 array N x H x W [x C]).
+        """Cluster ``X``: an ImageSet, a source string, a uint8 array of images N x H x W [x C],
+        or precomputed features (a float array N x D, or ``Embeddings``), which replace stage 1.
 
         ``y`` (optional true labels) is used only to report metrics, never in training.
         ``resume`` continues an interrupted run in ``out``; ``features_from`` reuses the
         stage 1 of an earlier run with the same settings.
         """
         config = self.get_config()
-        data = as_imageset(X, y, config)
-        if not isinstance(X, (str, Path)):
-            config = config.updated({"data": {"source": IN_MEMORY}})
+        data, embeddings = None, as_embeddings(X, y)
+        if embeddings is not None:
+            config = config.updated({"data": {"source": None, "embeddings": IN_MEMORY}})
+        else:
+            data = as_imageset(X, y, config)
+            if not isinstance(X, (str, Path)):
+                config = config.updated({"data": {"source": IN_MEMORY}})
         out = (
             Path(self.out)
             if self.out is not None
@@ -139,7 +164,14 @@ class SMCluster:
         )
         if self.out is None:
             out = out / "run"
-        result = run_pipeline(config, out, resume=resume, data=data, features_from=features_from)
+        result = run_pipeline(
+            config,
+            out,
+            resume=resume,
+            data=data,
+            embeddings=embeddings,
+            features_from=features_from,
+        )
         self.labels_ = result.labels
         self.probabilities_ = result.probabilities
         self.metrics_ = result.metrics

@@ -37,8 +37,12 @@ def fit_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data.channels": args.channels,
         "data.root": args.root,
         "data.download": args.download,
+        "data.embeddings": args.embeddings,
         "features.model": args.feature_model,
         "features.backbone": args.backbone,
+        "features.train": args.train,
+        "features.weights": args.weights,
+        "features.download": args.download,
         "features.epochs": args.epochs,
         "features.batch_size": args.batch_size,
         "mining.method": args.mining,
@@ -57,6 +61,8 @@ def fit_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "run.progress": False if args.quiet else None,
     }
     settings = {key: value for key, value in flags.items() if value is not None}
+    if args.embeddings is not None and args.data is None:
+        settings["data.source"] = None
     for item in args.set or []:
         if "=" not in item:
             raise ValueError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
@@ -194,7 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fine-tune the backbone in stage 3 (default: heads on frozen features)",
     )
-    fit.add_argument("--backbone", help="small_cnn | resnet18 | resnet34 | resnet50")
+    fit.add_argument(
+        "--embeddings",
+        metavar="FILE",
+        help="precomputed features (.npy N x D, or .npz with embeddings[, ids, labels]) "
+        "instead of stage 1; --data as well shows the images in the report",
+    )
+    fit.add_argument(
+        "--backbone",
+        help="small_cnn | resnet18 | resnet34 | resnet50, or a pretrained source: "
+        "torchvision:NAME | timm:NAME | open_clip:NAME[@TAG] | run:PATH",
+    )
+    fit.add_argument(
+        "--weights", metavar="FILE", help="weights of a pretrained --backbone (a state dict)"
+    )
+    fit.add_argument(
+        "--train",
+        choices=["scratch", "contrastive", "frozen"],
+        help="stage 1: train from random weights, train from the pretrained ones, or use the "
+        "pretrained backbone as it is (default: frozen for a pretrained source, else scratch)",
+    )
     fit.add_argument("--image-size", type=int)
     fit.add_argument("--channels", type=int, choices=[1, 3])
     fit.add_argument("--epochs", type=int, help="stage-1 epochs")
@@ -213,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--download",
         action="store_true",
         default=None,
-        help="download a named data set if it is missing",
+        help="download a named data set or a pretrained backbone's weights if missing "
+        "(nothing is downloaded without it)",
     )
     fit.add_argument(
         "--report",

@@ -37,13 +37,20 @@ Agreement = Literal["dot", "argmax"]
 SearchBackend = Literal["auto", "faiss", "torch"]
 SearchIndex = Literal["auto", "exact", "ivf", "hnsw"]
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
+FeatureTraining = Literal["auto", "scratch", "contrastive", "frozen"]
 
 
 @dataclass
 class DataConfig:
-    """Where the images come from and the size the networks see (METHOD.md, Stage 1)."""
+    """Where the images come from and the size the networks see (METHOD.md, Stage 1).
 
-    source: str = "digits"
+    ``embeddings``: a file of precomputed features (``.npy`` N x D, or ``.npz`` with
+    ``embeddings`` and optional ``ids``, ``labels``) that replaces stage 1; ``source`` is then
+    optional and, when given, only shows the images in the report.
+    """
+
+    source: str | None = "digits"
+    embeddings: str | None = None
     image_size: int | None = None
     channels: int | None = None
     root: str | None = None
@@ -73,10 +80,19 @@ class FeatureConfig:
     ``projector_out_bn``: end the projector with a BatchNorm without affine parameters, as
     MoCo v3 does (off by default, as in BYOL's MLP that METHOD.md follows; on in the small-CNN
     presets, see ``_small_cnn``).
+    ``backbone``: a built-in name (``BACKBONES``) or a pretrained source, ``torchvision:NAME``,
+    ``timm:NAME``, ``open_clip:NAME`` or ``run:PATH`` (``models.pretrained``), whose weights
+    come from ``weights`` (a file), the library's cache, or a download when ``download``.
+    ``train``: ``scratch`` trains the feature model from random weights, ``contrastive``
+    from the pretrained weights, ``frozen`` uses the pretrained backbone as it is (no stage-1
+    training); ``auto`` is ``frozen`` for a pretrained source and ``scratch`` otherwise.
     """
 
     model: FeatureModel = "paper"
     backbone: str = "resnet18"
+    train: FeatureTraining = "auto"
+    weights: str | None = None
+    download: bool = False
     small_stem: bool = True
     width: int = 32
     projector_hidden: int = 2048
@@ -219,11 +235,34 @@ class Config:
                 "features.bn_group_size must be 0 (whole batch) or at least 2 (BatchNorm needs "
                 f"two images per group), got {self.features.bn_group_size}",
             ),
+            (
+                self.features.train != "frozen" or is_pretrained(self.features.backbone),
+                "features.train=frozen needs a pretrained backbone (torchvision:NAME, timm:NAME, "
+                f"open_clip:NAME or run:PATH), got {self.features.backbone!r}: a randomly "
+                "initialised network gives no features; use features.train=scratch",
+            ),
+            (
+                self.data.source is not None or self.data.embeddings is not None,
+                "nothing to cluster: give data.source (--data) or data.embeddings (--embeddings)",
+            ),
+            (
+                self.data.embeddings is None
+                or not (self.clustering.update_backbone or self.clustering.self_label),
+                "precomputed embeddings have no image model to fine-tune or self-label through: "
+                "turn off clustering.update_backbone and clustering.self_label",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         return self
+
+
+def stage1_training(features: FeatureConfig) -> str:
+    """``features.train`` with ``auto`` resolved: frozen for a pretrained source, else scratch."""
+    if features.train != "auto":
+        return features.train
+    return "frozen" if is_pretrained(features.backbone) else "scratch"
 
 
 def _backbone_check(source: str) -> tuple[bool, str]:

@@ -63,6 +63,12 @@ def load_fitted(run: str | Path, device: str | torch.device = "cpu") -> FittedMo
     if not folder.exists():
         raise FileNotFoundError(f"{folder.root} is not a run folder (no {FILES['config']})")
     config = folder.read(folder.path("config"), Config.load)
+    if config.data.embeddings is not None:
+        raise ValueError(
+            f"{folder.root} clustered precomputed embeddings, so it has no image model to "
+            "predict with: embed the new images with the same model and assign them to the "
+            "nearest cluster, or cluster them together with the others"
+        )
     features = folder.load_checkpoint("features")
     final = "selflabel" if config.clustering.self_label else "clustering"
     clustering = folder.load_checkpoint(final)

@@ -31,6 +31,7 @@ from torch import nn
 from smcluster.augment import ViewMaker
 from smcluster.config import Config
 from smcluster.data import ImageSet, load_dataset
+from smcluster.data.embeddings import Embeddings, load_embeddings
 from smcluster.engine import make_fabric, seed_everything, stage_seed
 from smcluster.metrics import evaluate, knn_accuracy
 from smcluster.models import ClusterHeads
@@ -43,6 +44,13 @@ from smcluster.runfolder import (
     atomic_write,
     resolve_config,
 )
+from smcluster.sources import (
+    FEATURE_SOURCES,
+    StageOne,
+    embeddings_with_images,
+    feature_source,
+    resolve_for_source,
+)
 from smcluster.stages.clustering import (
     ClusteringModel,
     head_probabilities,
@@ -54,12 +62,7 @@ from smcluster.stages.clustering import (
     train_scan,
     train_self_label,
 )
-from smcluster.stages.features import (
-    build_feature_model,
-    extract_features,
-    mining_features,
-    train_features,
-)
+from smcluster.stages.features import extract_features
 from smcluster.stages.mining import MINING_METHODS, MiningInputs, images_needed
 from smcluster.stages.neighbours import neighbour_purity
 
@@ -95,17 +98,22 @@ def load_data(config: Config) -> ImageSet:
     d = config.data
     if d.source == IN_MEMORY:
         raise ValueError("these images were given in memory: pass them to fit again")
+    if d.source is None:
+        raise ValueError(
+            f"this run clustered the embeddings of {d.embeddings} without images: give the "
+            "images with --data to see them"
+        )
     return load_dataset(
         d.source, image_size=d.image_size, channels=d.channels, root=d.root, download=d.download
     )
 
 
-def check_data(data: ImageSet, config: Config) -> None:
+def check_data(data: ImageSet | Embeddings, config: Config) -> None:
     """Refuse data sets the configuration cannot cluster, with the fix in the message."""
     n = len(data)
     if n < config.n_clusters:
         raise ValueError(
-            f"{n} images cannot form {config.n_clusters} clusters: lower n_clusters or add images"
+            f"{n} items cannot form {config.n_clusters} clusters: lower n_clusters or add images"
         )
     need = images_needed(config)
     if n < need:
@@ -146,25 +154,42 @@ def run_pipeline(
     *,
     resume: bool = False,
     data: ImageSet | None = None,
+    embeddings: Embeddings | None = None,
     fabric: Fabric | None = None,
     log: Callable[[str], None] | None = None,
     features_from: str | Path | None = None,
 ) -> RunResult:
     """Run every stage for ``config``, writing the run folder ``out``; see module docstring.
 
+    ``data`` and ``embeddings`` are images or precomputed features given in memory (the run
+    keeps a copy); otherwise they are read from ``config.data``.
+
     ``features_from`` names a finished run with the same data, augmentation, feature and seed
     settings whose stage 1 is reused, so variants of stages 2 and 3 share one feature model.
     """
-    config = resolve_config(out, config.validate(), resume=resume)
+    config, notes = resolve_for_source(config.validate())
+    config = resolve_config(out, config, resume=resume)
     if resume and RunFolder(out).finished():
         if log is not None:
             log(f"{out} has already finished: nothing to do (its stored result is returned)")
         return stored_result(RunFolder(out), config)
-    data = data if data is not None else load_data(config)
-    check_data(data, config)
+    for note in notes if log is not None and not resume else []:
+        log(f"note: {note}")
+    if data is None and config.data.source is not None:
+        data = load_data(config)
+    if embeddings is None and config.data.embeddings is not None:
+        embeddings = load_embeddings(config.data.embeddings)
+    if embeddings is not None:
+        embeddings = embeddings_with_images(embeddings, data)
+    items = embeddings if embeddings is not None else data
+    check_data(items, config)
     fabric = fabric or make_fabric(config.run)
     folder = RunFolder(out, writer=fabric.is_global_zero)
-    in_memory = config.data.source == IN_MEMORY
+    embeddings_in_memory = config.data.embeddings == IN_MEMORY
+    if embeddings_in_memory:
+        stored_at = str(folder.path("input_embeddings").resolve())
+        config = config.updated({"data": {"embeddings": stored_at}})
+    in_memory = config.data.source == IN_MEMORY and data is not None
     if in_memory:
         stored = {
             "source": str(folder.path("images").resolve()),
@@ -176,6 +201,8 @@ def run_pipeline(
         folder.root.mkdir(parents=True, exist_ok=True)
         if in_memory:
             _save_images(folder, data)
+        if embeddings_in_memory:
+            _save_embeddings(folder, embeddings)
         atomic_write(folder.path("config"), config.save)
         folder.save_json("environment", environment(config, fabric))
         if features_from is not None:
@@ -185,40 +212,52 @@ def run_pipeline(
     fabric.barrier()
     say = log if (log is not None and fabric.is_global_zero) else (lambda _: None)
     seed_everything(config.run.seed)
+    shape = (
+        f"{len(data)} images, {data.channels} x {data.image_size} px"
+        if embeddings is None
+        else f"{len(embeddings)} embeddings of {embeddings.vectors.shape[1]} dimensions"
+    )
     say(
-        f"data: {data.name}, {len(data)} images, {data.channels} x {data.image_size} px, "
-        f"{config.n_clusters} clusters, device {fabric.device}, "
+        f"data: {items.name}, {shape}, {config.n_clusters} clusters, device {fabric.device}, "
         f"{torch.get_num_threads()} threads, world size {fabric.world_size}"
     )
-    if fabric.device.type == "cpu" and config.features.backbone.startswith("resnet"):
+    source = feature_source(config)
+    if (
+        fabric.device.type == "cpu"
+        and source == "train"
+        and config.features.backbone.startswith("resnet")
+    ):
         say(
             f"note: {config.features.backbone} for {config.features.epochs} epochs is GPU-sized; "
             "on a CPU start from a small preset (smcluster presets: demo, cpu-*)"
         )
     progress = folder.load_progress()
     views = ViewMaker(**config.to_dict()["augment"])
-    run = _Run(config, data, fabric, folder, views, say, progress, StageClock(folder, progress))
+    clock = StageClock(folder, progress)
+    run = RunContext(config, data, embeddings, items, fabric, folder, views, say, progress, clock)
 
-    encoder = _stage_features(run).online.eval()
-    features, embeddings = _feature_arrays(run, encoder)
+    stage_one = FEATURE_SOURCES[source](run)
     run.clock.charge("features")
 
-    weak_embeddings = _weak_embeddings(run, encoder)
-    neighbours, diagnostics = _stage_neighbours(run, encoder, features, weak_embeddings)
+    neighbours, diagnostics = _stage_neighbours(run, stage_one)
     run.clock.charge("neighbours")
 
-    clustering = _stage_clustering(run, encoder.backbone, embeddings, neighbours, weak_embeddings)
+    clustering = _stage_clustering(run, stage_one, neighbours)
     run.clock.charge("clustering")
-    return _write_outputs(run, clustering, embeddings, neighbours, diagnostics)
+    return _write_outputs(run, clustering, stage_one.embeddings, neighbours, diagnostics)
 
 
 @dataclass
-class _Run:
-    """What every stage of one run reads: settings, images, devices, folder, views, log, and
-    the run's progress with the clock that charges each stage's time to it."""
+class RunContext:
+    """What every stage of one run reads: settings, images (None when only embeddings were
+    given), precomputed embeddings (or None), ``items`` (whichever of the two is clustered:
+    its ids and labels name the outputs), devices, folder, views, log, and the run's progress
+    with the clock that charges each stage's time to it."""
 
     config: Config
-    data: ImageSet
+    data: ImageSet | None
+    embeddings: Embeddings | None
+    items: ImageSet | Embeddings
     fabric: Fabric
     folder: RunFolder
     views: ViewMaker
@@ -230,61 +269,17 @@ class _Run:
         return EpochCheckpoints(self.folder, stage, self.clock, timed_as)
 
 
-def _feature_arrays(run: _Run, encoder: nn.Module) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 1's outputs: mining features and backbone features of the un-augmented images."""
-    features = run.folder.load_array("features")
-    embeddings = run.folder.load_array("embeddings")
-    if features is None or embeddings is None:
-        c, d, f = run.config, run.data, run.fabric
-        features = extract_features(mining_features(encoder, c), d, c, f).numpy()
-        embeddings = extract_features(encoder.backbone, d, c, f).numpy()
-        run.folder.save_array("features", features)
-        run.folder.save_array("embeddings", embeddings)
-    return features, embeddings
-
-
-def _weak_embeddings(run: _Run, encoder: nn.Module) -> Callable[[], torch.Tensor]:
-    """Backbone features of ``feature_views`` weak views (V x N x E, float16), made once."""
-    cache: list[torch.Tensor] = []
-
-    def views() -> torch.Tensor:
-        if not cache:
-            seed_everything(run.config.run.seed + 1)
-            cache.append(
-                torch.stack(
-                    [
-                        extract_features(
-                            encoder.backbone, run.data, run.config, run.fabric, view=run.views.weak
-                        ).half()
-                        for _ in range(run.config.clustering.feature_views)
-                    ]
-                )
-            )
-        return cache[0]
-
-    return views
-
-
-def _stage_neighbours(
-    run: _Run, encoder: nn.Module, features: np.ndarray, weak_embeddings: Callable
-) -> tuple[np.ndarray, dict[str, Any]]:
+def _stage_neighbours(run: RunContext, stage_one: StageOne) -> tuple[np.ndarray, dict[str, Any]]:
     """Stage 2: the configured mining, its arrays saved; purities when labels exist."""
-    config, folder, labels = run.config, run.folder, run.data.labels
+    config, folder, labels = run.config, run.folder, run.items.labels
     started = time.perf_counter()
-
-    def strong_features() -> np.ndarray:
-        seed_everything(config.run.seed + 2)
-        return extract_features(
-            mining_features(encoder, config), run.data, config, run.fabric, view=run.views.strong
-        ).numpy()
-
     neighbours = folder.load_array("neighbours")
     knn = folder.load_array("neighbours_knn")
     if neighbours is None or knn is None:
         inputs = MiningInputs(
-            features,
-            strong_features,
-            weak_embeddings,
+            stage_one.features,
+            stage_one.strong_features,
+            stage_one.weak_embeddings,
             config,
             run.fabric.device,
             on_epoch_end=run.epoch_checkpoints("mining-head", "neighbours"),
@@ -320,15 +315,15 @@ def _stage_neighbours(
 
 
 def _write_outputs(
-    run: _Run,
+    run: RunContext,
     clustering: ClusteringModel,
     embeddings: np.ndarray,
     neighbours: np.ndarray,
     diagnostics: dict[str, Any],
 ) -> RunResult:
     """Final assignments by the kept head on un-augmented images, metrics, CSV."""
-    config, data, folder = run.config, run.data, run.folder
-    plain = torch.from_numpy(_embed(clustering, embeddings, run))
+    config, data, folder = run.config, run.items, run.folder
+    plain = _embed(clustering, embeddings, run)
     losses = score_heads(
         clustering.heads,
         plain,
@@ -337,7 +332,7 @@ def _write_outputs(
         data.labels,
     )
     best = int(clustering.heads.best_head)
-    kept = head_probabilities(clustering.heads, plain, best).numpy()
+    kept = np.asarray(head_probabilities(clustering.heads, plain, best))
     labels = kept.argmax(axis=1)
     metrics: dict[str, Any] = {
         "n_images": len(data),
@@ -381,42 +376,8 @@ def reuse_features(source: RunFolder, target: RunFolder, config: Config) -> None
             )
 
 
-def _stage_features(run: _Run) -> nn.Module:
-    """Stage 1: the saved feature model, or train it (continuing from its last epoch)."""
-    config, data, folder = run.config, run.data, run.folder
-    final = folder.load_checkpoint("features")
-    if final is not None:
-        model = build_feature_model(config, data.channels, len(data))
-        model.load_state_dict(final["model"])
-        return model.to(run.fabric.device)
-    started = time.perf_counter()
-    model = train_features(
-        data,
-        config,
-        run.fabric,
-        checkpoint=folder.resume_point("features"),
-        on_epoch_end=run.epoch_checkpoints("features", "features"),
-    )
-    folder.save_checkpoint(
-        "features",
-        {"model": model.state_dict(), "channels": data.channels, "image_size": data.image_size},
-    )
-    rows = [r for r in folder.history() if r["stage"] == "features"]
-    if rows:
-        run.say(
-            f"stage 1 ({config.features.model}): {len(rows)} epochs in "
-            f"{time.perf_counter() - started:.1f} s, final loss {rows[-1]['loss']:.4f}, "
-            f"{np.mean([r['images_per_s'] for r in rows]):.0f} images/s"
-        )
-    return model
-
-
 def _stage_clustering(
-    run: _Run,
-    backbone: nn.Module,
-    embeddings: np.ndarray,
-    neighbours: np.ndarray,
-    weak_embeddings: Callable[[], torch.Tensor],
+    run: RunContext, stage_one: StageOne, neighbours: np.ndarray
 ) -> ClusteringModel:
     """Stage 3: SCAN heads on frozen features or with the backbone, then self-labelling.
 
@@ -424,6 +385,7 @@ def _stage_clustering(
     left, a run resumed after stage 2 started from other heads than an unbroken one.
     """
     config, folder, device = run.config, run.folder, run.fabric.device
+    backbone, embeddings = stage_one.backbone, stage_one.embeddings
     c = config.clustering
     frozen = not c.update_backbone
     seed_everything(stage_seed(config.run.seed, "clustering-init", 0))
@@ -447,11 +409,11 @@ def _stage_clustering(
             "progress": config.run.progress,
         }
         if frozen:
-            train_heads_on_embeddings(heads, weak_embeddings(), nb, c, **schedule)
+            train_heads_on_embeddings(heads, stage_one.weak_embeddings(), nb, c, **schedule)
         else:
             fetch = image_fetch(run.data, run.views.weak, device)
             train_scan(model, fetch, nb, c, lr=c.lr, fabric=run.fabric, **schedule)
-        plain = torch.from_numpy(_embed(model, embeddings, run))
+        plain = _embed(model, embeddings, run)
         best = select_head(heads, score_heads(heads, plain, nb, c.entropy_weight))
         folder.save_checkpoint("clustering", {"model": model.state_dict()})
         run.say(
@@ -465,7 +427,7 @@ def _stage_clustering(
 
 
 def _stage_self_label(
-    run: _Run, model: ClusteringModel, backbone: nn.Module, embeddings: np.ndarray
+    run: RunContext, model: ClusteringModel, backbone: nn.Module, embeddings: np.ndarray
 ) -> ClusteringModel:
     """SCAN's optional self-labelling of the kept head (METHOD.md, Stage 3 extension)."""
     config, data, device = run.config, run.data, run.fabric.device
@@ -506,7 +468,7 @@ def _stage_self_label(
     return model
 
 
-def _embed(model: ClusteringModel, embeddings: np.ndarray, run: _Run) -> np.ndarray:
+def _embed(model: ClusteringModel, embeddings: np.ndarray, run: RunContext) -> np.ndarray:
     """Backbone features of the un-augmented images under the clustering model's backbone."""
     if isinstance(model.features, nn.Identity):
         return embeddings
@@ -524,6 +486,14 @@ def _save_images(folder: RunFolder, data: ImageSet) -> None:
     if data.class_names is not None:
         arrays["class_names"] = np.array(data.class_names)
     atomic_write(folder.path("images"), lambda p: np.savez(p.open("wb"), **arrays))
+
+
+def _save_embeddings(folder: RunFolder, embeddings: Embeddings) -> None:
+    """Keep embeddings given in memory with the run, so a resume can read them."""
+    arrays = {"embeddings": np.asarray(embeddings.vectors), "ids": np.array(list(embeddings.ids))}
+    if embeddings.labels is not None:
+        arrays["labels"] = embeddings.labels
+    atomic_write(folder.path("input_embeddings"), lambda p: np.savez(p.open("wb"), **arrays))
 
 
 def _timings(seconds: dict[str, float], history: list[dict[str, Any]], n: int) -> dict[str, Any]:

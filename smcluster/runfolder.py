@@ -41,6 +41,7 @@ FILES = {
     "assignments": "assignments.csv",
     "metrics": "metrics.json",
     "images": "images.npz",
+    "input_embeddings": "input-embeddings.npz",
 }
 
 OUTPUTS = ("probabilities", "metrics", "assignments")
@@ -266,7 +267,7 @@ def resolve_config(root: str | Path, config: Config, *, resume: bool) -> Config:
         keep = {"run": {"progress": config.run.progress, "report": config.run.report}}
         saved = load_saved_config(folder.path("config")).updated(keep)
         given = config
-        if config.data.source == IN_MEMORY:  # the run stored the images and their shape
+        if IN_MEMORY in (config.data.source, config.data.embeddings):  # the run stored them
             given = config.updated({"data": saved.to_dict()["data"]})
         if saved.to_dict() != given.to_dict():
             warnings.warn(

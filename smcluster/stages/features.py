@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from smcluster.augment import ViewMaker
-from smcluster.config import Config, FeatureModel, MiningFeatures
+from smcluster.config import Config, FeatureModel, MiningFeatures, stage1_training
 from smcluster.engine import (
     Shard,
     batch_indices,
@@ -31,7 +31,7 @@ from smcluster.engine import (
 )
 from smcluster.losses import nt_xent, symmetric_queue_info_nce
 from smcluster.models import MLP, Backbone, build_backbone
-from smcluster.models.pretrained import build_pretrained, is_pretrained
+from smcluster.models.pretrained import build_pretrained, is_pretrained, load_pretrained
 from smcluster.momentum import MomentumQueue, cosine_lr, cosine_momentum, ema_update
 
 
@@ -188,12 +188,20 @@ def build_feature_model(
 
     With ``data``, the backbone's input normalisation is fitted to it before the model copies
     its online network into the target network, so both see the same statistics from the
-    first step (METHOD.md, Stage 1: the target starts as the online network).
+    first step (METHOD.md, Stage 1: the target starts as the online network). A pretrained
+    source (``models.pretrained``) keeps its own preprocessing; with ``data`` and
+    ``features.train=contrastive`` it starts from its pretrained weights, otherwise from random
+    ones (to train from scratch, or to load a saved state into).
     """
     f = config.features
-    backbone = build_backbone(f.backbone, channels, width=f.width, small_stem=f.small_stem)
-    if data is not None:
-        fit_normalization(backbone, data)
+    if not is_pretrained(f.backbone):
+        backbone = build_backbone(f.backbone, channels, width=f.width, small_stem=f.small_stem)
+        if data is not None:
+            fit_normalization(backbone, data)
+    elif data is not None and stage1_training(f) == "contrastive":
+        backbone = load_pretrained(f.backbone, weights=f.weights, download=f.download)
+    else:
+        backbone = build_pretrained(f.backbone)
     return FEATURE_MODELS[f.model](backbone, config, n_images)
 
 
