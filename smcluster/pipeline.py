@@ -33,6 +33,7 @@ from smcluster.config import Config
 from smcluster.data import ImageSet, load_dataset
 from smcluster.data.embeddings import Embeddings, load_embeddings
 from smcluster.engine import make_fabric, seed_everything, stage_seed
+from smcluster.memory import check_memory, estimate_memory, format_bytes
 from smcluster.metrics import evaluate, knn_accuracy
 from smcluster.models import ClusterHeads
 from smcluster.runfolder import (
@@ -64,7 +65,7 @@ from smcluster.stages.clustering import (
 )
 from smcluster.stages.features import extract_features
 from smcluster.stages.mining import MINING_METHODS, MiningInputs, images_needed
-from smcluster.stages.neighbours import neighbour_purity
+from smcluster.stages.neighbours import choose_index, neighbour_purity
 
 
 def environment(config: Config, fabric: Fabric) -> dict[str, Any]:
@@ -121,6 +122,28 @@ def check_data(data: ImageSet | Embeddings, config: Config) -> None:
             f"mining.method={config.mining.method!r} with q={config.mining.q} needs at least "
             f"{need} images, the data has {n}: lower mining.q"
         )
+
+
+def check_embeddings_memory(config: Config, embeddings: Embeddings, device: torch.device) -> str:
+    """The memory guard of a run on precomputed embeddings, before any work: the estimated
+    peak (``memory.estimate_memory``) against the memory available; a ValueError naming the
+    setting to change when it does not fit, else a line saying what it will take."""
+    c = config.clustering
+    n, d = embeddings.vectors.shape
+    index = config.mining.index
+    terms = estimate_memory(
+        n,
+        d,
+        config.mining.q,
+        config.n_clusters,
+        c.heads,
+        batch_size=c.batch_size,
+        index=choose_index(n, device) if index == "auto" else index,
+        embeddings_mapped=isinstance(embeddings.vectors, np.memmap),
+        probabilities_in_memory=True,
+    )
+    stage, need = check_memory(terms)
+    return f"memory: about {format_bytes(need)} at the peak ({stage} stage)"
 
 
 @dataclass
@@ -184,6 +207,10 @@ def run_pipeline(
     items = embeddings if embeddings is not None else data
     check_data(items, config)
     fabric = fabric or make_fabric(config.run)
+    if embeddings is not None:
+        memory = check_embeddings_memory(config, embeddings, fabric.device)
+        if log is not None and fabric.is_global_zero:
+            log(memory)
     folder = RunFolder(out, writer=fabric.is_global_zero)
     embeddings_in_memory = config.data.embeddings == IN_MEMORY
     if embeddings_in_memory:

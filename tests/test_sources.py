@@ -199,3 +199,15 @@ def test_labels_of_embeddings_are_only_scored(tmp_path) -> None:
     b = SMCluster(12, out=tmp_path / "b", **QUICK, **HEADS).fit(vectors, shuffled)
     np.testing.assert_array_equal(a.labels_, b.labels_)
     assert cluster_accuracy(labels, b.labels_) >= 0.8  # chance 1/12
+
+
+def test_memory_guard_stops_an_oversized_run_before_any_work(tmp_path, monkeypatch, capsys):
+    vectors, _ = planted()
+    np.save(tmp_path / "features.npy", vectors)
+    monkeypatch.setattr("smcluster.memory.available_memory", lambda *args, **kwargs: 2 << 30)
+    out = tmp_path / "run"
+    args = ["fit", "--embeddings", str(tmp_path / "features.npy"), "--clusters", "1000"]
+    code = main([*args, "--set", "clustering.heads=200", "--out", str(out), "--quiet"])
+    assert code == 2
+    assert "clustering.batch_size or clustering.heads" in capsys.readouterr().err
+    assert not out.exists()
