@@ -1,12 +1,14 @@
 """Kill `smcluster fit` at random moments, resume it, and check it ends as an unbroken run.
 
 One unbroken run is the reference; then each of ``--runs`` runs is started in a subprocess,
-killed with SIGKILL ``--kills`` times at moments drawn uniformly over the reference's wall
-time (one ``--seed`` fixes them all), continued with ``smcluster fit --resume`` after each
-kill and finished. A run counts as identical when its assignments.csv is byte for byte the
-reference's, its probabilities.npy equal, its history holds the same epochs (none twice)
-and its metrics match but for the timings. Reference and resumed runs use the same
-``--threads``: results can depend on the thread count.
+killed with SIGKILL ``--kills`` times at moments drawn uniformly over the reference's working
+time, counted from the moment its run folder appears (so no kill is spent on start-up, and
+a busy machine shifts fewer kills past the end; one ``--seed`` fixes them all), continued
+with ``smcluster fit --resume`` after each kill and finished. A run counts as identical
+when its assignments.csv is byte for byte the reference's, its probabilities.npy equal,
+its history holds the same epochs (none twice) and its metrics match but for the timings.
+Reference and resumed runs use the same ``--threads``: results can depend on the thread
+count.
 
     python benchmarks/kill_at_random.py [--runs 20] [--seed 0] [--threads 1]
 
@@ -92,9 +94,19 @@ def reached(out: Path) -> str:
     return state
 
 
-def killed_at(command: list[str], seconds: float) -> bool:
-    """Run ``command``, SIGKILL it after ``seconds``; False when it ended before that."""
+def wait_for(path: Path, process: subprocess.Popen) -> float:
+    """Seconds until ``path`` exists (or the process ends), polled every 20 ms."""
+    started = time.perf_counter()
+    while not path.exists() and process.poll() is None:
+        time.sleep(0.02)
+    return time.perf_counter() - started
+
+
+def killed_at(command: list[str], seconds: float, out: Path) -> bool:
+    """Run ``command``, SIGKILL it ``seconds`` after its run folder ``out`` holds a config;
+    False when it ended before that."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    wait_for(out / "config.yaml", process)
     try:
         process.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
@@ -139,10 +151,15 @@ def main() -> int:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     reference = args.work / "reference"
+    process = subprocess.Popen(
+        fit_command(args, reference, resume=False), stdout=subprocess.DEVNULL
+    )
+    wait_for(reference / "config.yaml", process)
     started = time.perf_counter()
-    finish(fit_command(args, reference, resume=False))
+    if process.wait() != 0:
+        raise RuntimeError("the reference run failed")
     duration = time.perf_counter() - started
-    print(f"reference: {duration:.1f} s", flush=True)
+    print(f"reference: {duration:.1f} s from its run folder to its end", flush=True)
 
     rng = np.random.default_rng(args.seed)
     moments = rng.uniform(0.0, duration, size=(args.runs, args.kills))
@@ -155,7 +172,7 @@ def main() -> int:
             resume = (out / "config.yaml").exists()
             if not resume:  # killed before the run folder existed: start again
                 shutil.rmtree(out, ignore_errors=True)
-            was_killed = killed_at(fit_command(args, out, resume=resume), float(seconds))
+            was_killed = killed_at(fit_command(args, out, resume=resume), float(seconds), out)
             events.append(
                 {"kill_at_s": round(float(seconds), 2), "killed": was_killed, "state": reached(out)}
             )
@@ -218,7 +235,8 @@ def markdown(record: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"Each run: `smcluster {record['fit_command'].split(' ', 2)[2]}`, "
         f"SIGKILLed {args.kills}x at a moment uniform over the unbroken run's "
-        f"{record['reference_seconds']} s, then `smcluster fit --out RUN --resume`.",
+        f"{record['reference_seconds']} s from its run folder's creation to its end, then "
+        "`smcluster fit --out RUN --resume`.",
         "",
         f"Machine: {record['machine']}, {record['platform']}; {record['threads']} torch thread(s).",
         "",

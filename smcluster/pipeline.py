@@ -54,7 +54,7 @@ from smcluster.sources import (
 )
 from smcluster.stages.clustering import (
     ClusteringModel,
-    head_probabilities,
+    head_probability_chunks,
     image_fetch,
     score_heads,
     select_head,
@@ -359,8 +359,17 @@ def _write_outputs(
         data.labels,
     )
     best = int(clustering.heads.best_head)
-    kept = np.asarray(head_probabilities(clustering.heads, plain, best))
-    labels = kept.argmax(axis=1)
+    n = len(data)
+    labels, confidence = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.float32)
+
+    def rows():
+        for start, chunk in head_probability_chunks(clustering.heads, plain, best):
+            chunk = chunk.numpy()
+            labels[start : start + len(chunk)] = chunk.argmax(axis=1)
+            confidence[start : start + len(chunk)] = chunk.max(axis=1)
+            yield chunk
+
+    kept = folder.save_array_rows("probabilities", (n, config.n_clusters), rows())
     metrics: dict[str, Any] = {
         "n_images": len(data),
         "n_clusters": config.n_clusters,
@@ -372,9 +381,8 @@ def _write_outputs(
     metrics.update(diagnostics)
     timings = dict(run.progress.seconds)
     metrics["timings"] = _timings(timings, folder.history(), len(data))
-    folder.save_array("probabilities", kept.astype(np.float32))
     folder.save_json("metrics", metrics)
-    _write_assignments(folder, data, labels, kept.max(axis=1))
+    _write_assignments(folder, data, labels, confidence)
     run.progress.finished = True
     folder.save_progress(run.progress)
     return RunResult(folder, config, labels, kept, metrics, timings)

@@ -16,7 +16,7 @@ import pickle
 import time
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +128,25 @@ class RunFolder:
     def save_array(self, key: str, array: np.ndarray) -> None:
         if self.writer:
             atomic_write(self.path(key), lambda p: np.save(p.open("wb"), array))
+
+    def save_array_rows(
+        self, key: str, shape: tuple[int, int], rows: Iterable[np.ndarray]
+    ) -> np.ndarray:
+        """A float32 ``shape`` array written from consecutive blocks of rows, so an N x C
+        output never sits whole in memory; returns it memory-mapped (in memory where this
+        process does not write)."""
+        if not self.writer:
+            return np.concatenate(list(rows)).astype(np.float32)
+
+        def write(path: Path) -> None:
+            header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+            with path.open("wb") as handle:
+                np.lib.format.write_array_header_1_0(handle, header)
+                for block in rows:
+                    handle.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+
+        atomic_write(self.path(key), write)
+        return np.load(self.path(key), mmap_mode="r")
 
     def load_array(self, key: str) -> np.ndarray | None:
         path = self.path(key)
