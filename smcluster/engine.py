@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from lightning_fabric import Fabric
+from tqdm.auto import tqdm
 
 from smcluster.config import RunConfig
 
@@ -123,11 +124,13 @@ def map_batches(
     device: torch.device,
     fabric: Fabric | None = None,
     workers: int = 0,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """Apply ``fn`` (uint8 batch on ``device`` -> B x D tensor) to every image, in order.
 
     Under several processes each rank maps a contiguous shard and the shards are gathered, so
-    every rank returns the full N x D result on the CPU.
+    every rank returns the full N x D result on the CPU. ``progress`` names a progress bar
+    (rank 0 only; none when None).
     """
     n = len(data)
     world = fabric.world_size if fabric is not None else 1
@@ -135,7 +138,10 @@ def map_batches(
     per_rank = -(-n // world)
     mine = torch.arange(rank * per_rank, min((rank + 1) * per_rank, n))
     outputs = []
-    for images, _ in iterate_images(data, iter(mine.split(batch_size)), workers):
+    batches = iterate_images(data, iter(mine.split(batch_size)), workers)
+    total = -(-len(mine) // batch_size)
+    shown = progress is not None and rank == 0
+    for images, _ in tqdm(batches, total=total, desc=progress, disable=not shown, leave=False):
         outputs.append(fn(images.to(device)).float().cpu())
     result = torch.cat(outputs) if outputs else torch.empty(0)
     if world == 1:

@@ -111,10 +111,10 @@ def load_data(config: Config) -> ImageSet:
 
 def check_data(data: ImageSet | Embeddings, config: Config) -> None:
     """Refuse data sets the configuration cannot cluster, with the fix in the message."""
-    n = len(data)
+    n, what = len(data), "embeddings" if isinstance(data, Embeddings) else "images"
     if n < config.n_clusters:
         raise ValueError(
-            f"{n} items cannot form {config.n_clusters} clusters: lower n_clusters or add images"
+            f"{n} {what} cannot form {config.n_clusters} clusters: lower n_clusters or add images"
         )
     need = images_needed(config)
     if n < need:

@@ -103,7 +103,7 @@ def _nested(name: str, value: object) -> dict:
         ({"augment": {"crop_scale": 0.5}}, "augment.crop_scale must be a list of 2"),
         ({"augment": {"crop_scale": [0.5, "x"]}}, r"augment.crop_scale\[1\] must be a finite"),
         ({"run": {"threads": 1.5}}, "run.threads must be a whole number or null, got 1.5"),
-        ({"data": {"source": 3}}, "data.source must be text, got 3"),
+        ({"data": {"source": 3}}, "data.source must be text or null, got 3"),
         ({"features": 3}, "features must be a mapping of settings, got 3"),
     ],
 )

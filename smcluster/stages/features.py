@@ -355,4 +355,5 @@ def extract_features(
         device=fabric.device,
         fabric=fabric,
         workers=config.run.workers,
+        progress="features" if config.run.progress else None,
     )
