@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -41,11 +42,11 @@ import torch
 
 from smcluster.config import ClusteringConfig, Config
 from smcluster.metrics import cluster_accuracy, many_to_one_accuracy
+from smcluster.models import ClusterHeads
 from smcluster.stages.choose_k import CRITERIA, PARTITIONS, SearchInputs, choose_n_clusters
 from smcluster.stages.choose_k import candidate_grid as grid
 from smcluster.stages.clustering import train_heads_on_embeddings
 from smcluster.stages.neighbours import knn_search
-from smcluster.models import ClusterHeads
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -69,7 +70,9 @@ DATASETS = {
         DataSet("omniglot-100", "omniglot_background.npz", 100, None, 10, "cpu-omniglot"),
         DataSet("omniglot-200", "omniglot_background.npz", 200, None, 10, "cpu-omniglot"),
         DataSet("omniglot-964", "omniglot_background.npz", None, None, 10, "cpu-omniglot"),
-        DataSet("tinyimagenet-200", "tinyimagenet_train_32.npz", None, None, 10, "cpu-tinyimagenet"),
+        DataSet(
+            "tinyimagenet-200", "tinyimagenet_train_32.npz", None, None, 10, "cpu-tinyimagenet"
+        ),
     ]
 }
 
@@ -181,11 +184,18 @@ def measure(
         criterion=args.criteria[0],
         record=args.criteria[1:],
         budget_epochs=args.budget_epochs,
-        heads=args.heads,
+        tries=args.tries,
     )
     inputs = SearchInputs(
-        embeddings, embeddings[None], neighbours, config, seed, args.budget_epochs, args.heads,
-        32, 4000,
+        embeddings,
+        embeddings[None],
+        neighbours,
+        config,
+        seed,
+        args.budget_epochs,
+        args.tries,
+        32,
+        4000,
     )
     per_criterion = {}
     for criterion in search.scores:
@@ -196,6 +206,8 @@ def measure(
             "at_chosen": partition_scores(inputs, criterion, chosen, labels),
             "at_true": partition_scores(inputs, criterion, true_k, labels),
         }
+    if args.stage3_epochs is not None:
+        config = dataclasses.replace(config, epochs=args.stage3_epochs)
     reference = reference_seconds(embeddings, neighbours, true_k, config, args.reference_epochs)
     return {
         "dataset": name,
@@ -244,8 +256,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA))
     parser.add_argument("--points", type=int, default=10, help="candidate K in the grid")
-    parser.add_argument("--budget-epochs", type=int, default=10)
-    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--budget-epochs", type=int, default=5)
+    parser.add_argument(
+        "--stage3-epochs",
+        type=int,
+        default=None,
+        help="epochs of the fixed-K stage 3 the search is compared with (default: the preset's"
+        " or the run's)",
+    )
+    parser.add_argument("--tries", type=int, default=3)
     parser.add_argument("--reference-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared-data", default=None)

@@ -68,7 +68,7 @@ class SearchInputs:
     config: ClusteringConfig
     seed: int
     epochs: int
-    heads: int
+    tries: int
     dims: int
     sample: int
     _reduced: np.ndarray | None = field(default=None, repr=False)
@@ -95,14 +95,14 @@ def pca_reduce(embeddings: np.ndarray, dims: int, seed: int) -> np.ndarray:
 
 
 def scan_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
-    """Argmax of each of ``inputs.heads`` SCAN heads trained ``inputs.epochs`` epochs."""
+    """Argmax of each of ``inputs.tries`` SCAN heads trained ``inputs.epochs`` epochs."""
     from smcluster.stages.clustering import (
         head_probabilities,
         train_heads_on_embeddings,
     )
 
     seed_everything(stage_seed(inputs.seed, f"choose-k-{k}", 0))
-    heads = ClusterHeads(inputs.embeddings.shape[1], k, inputs.heads)
+    heads = ClusterHeads(inputs.embeddings.shape[1], k, inputs.tries)
     neighbours = torch.from_numpy(inputs.neighbours)
     train_heads_on_embeddings(
         heads,
@@ -119,15 +119,24 @@ def scan_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
 
 
 def kmeans_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
-    """Faiss k-means (one run, 20 iterations) on the PCA-reduced features."""
+    """Faiss k-means (20 iterations) on the PCA-reduced features, ``inputs.tries`` restarts."""
     import faiss
 
     x = np.ascontiguousarray(inputs.reduced)
-    kmeans = faiss.Kmeans(
-        x.shape[1], k, niter=20, seed=inputs.seed, max_points_per_centroid=256, verbose=False
-    )
-    kmeans.train(x)
-    return [kmeans.index.search(x, 1)[1][:, 0].astype(np.int64)]
+    out = []
+    for attempt in range(inputs.tries):
+        kmeans = faiss.Kmeans(
+            x.shape[1],
+            k,
+            niter=20,
+            seed=stage_seed(inputs.seed, f"choose-k-{k}", attempt),
+            min_points_per_centroid=1,
+            max_points_per_centroid=256,
+            verbose=False,
+        )
+        kmeans.train(x)
+        out.append(kmeans.index.search(x, 1)[1][:, 0].astype(np.int64))
+    return out
 
 
 def _pair_counts(labels: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
@@ -187,9 +196,7 @@ def map_equation(inputs: SearchInputs, labels: np.ndarray) -> float:
     partner = labels[nb.ravel()]
     cut = anchor != partner
     k = int(labels.max()) + 1
-    exits = (
-        np.bincount(anchor[cut], minlength=k) + np.bincount(partner[cut], minlength=k)
-    ) / total
+    exits = (np.bincount(anchor[cut], minlength=k) + np.bincount(partner[cut], minlength=k)) / total
     module = np.bincount(labels, weights=node, minlength=k)
     length = (
         _plogp(np.array([exits.sum()]))
@@ -230,7 +237,7 @@ CRITERIA: dict[str, tuple[str, str]] = {
 }
 """Criterion name -> (partition, score)."""
 
-DEFAULT_CRITERION = "kmeans-mapeq"
+DEFAULT_CRITERION = "scan-nmi"
 
 
 @dataclass
@@ -312,9 +319,11 @@ def choose_n_clusters(
     criterion: str = DEFAULT_CRITERION,
     record: Sequence[str] = (),
     views: np.ndarray | None = None,
-    budget_epochs: int = 10,
-    heads: int = 2,
+    budget_epochs: int = 5,
+    batch_size: int = 128,
+    tries: int = 3,
     refine: int = 4,
+    rounds: int = 1,
     dims: int = 32,
     sample: int = 4000,
 ) -> KSearch:
@@ -322,11 +331,15 @@ def choose_n_clusters(
 
     ``embeddings`` are the N x E stage-1 backbone features of the un-augmented images and
     ``neighbours`` the N x q mined neighbours (stage 2); ``views`` (V x N x E, weak views as
-    stage 3 stores them) are what the SCAN heads train on, default the embeddings alone. Each
-    SCAN partition trains ``heads`` heads for ``budget_epochs`` epochs (a fixed-K stage 3
-    trains ``config.heads`` for ``config.epochs``); a K's score is that of its best head. After
-    the candidates, ``refine`` more K between the best one's neighbours in the grid are tried
-    (around each recorded criterion's best, so every curve is refined where it peaks).
+    stage 3 stores them) are what the SCAN heads train on, default the embeddings alone. At
+    each K, ``tries`` partitions are made (SCAN heads trained together for ``budget_epochs``
+    epochs, where a fixed-K stage 3 trains ``config.heads`` for ``config.epochs``; or k-means
+    restarts) and the K scores its best one, so one poor local optimum does not sink a K.
+    The SCAN heads train at ``batch_size`` (if below ``config.batch_size``): the same images
+    per epoch in more steps, which a few epochs need to converge. After
+    the candidates, ``rounds`` times, ``refine`` more K between the best one's neighbours among
+    those tried are tried (around each recorded criterion's best, so every curve is refined
+    where it peaks).
     Deterministic for a ``seed``.
     """
     started = time.perf_counter()
@@ -353,8 +366,9 @@ def choose_n_clusters(
     if not tried:
         raise ValueError("no candidate number of clusters given; give at least one K >= 2")
     _check_range(tried[0], tried[-1], len(emb))
+    short = dataclasses.replace(config, batch_size=min(batch_size, config.batch_size))
     inputs = SearchInputs(
-        emb, stored, nb.astype(np.int64), config, seed, budget_epochs, heads, dims, sample
+        emb, stored, nb.astype(np.int64), short, seed, budget_epochs, tries, dims, sample
     )
     scores: dict[str, dict[int, float]] = {name: {} for name in names}
 
@@ -368,7 +382,7 @@ def choose_n_clusters(
                 scores[name][k] = max(SCORES[score](inputs, p) for p in by_partition[partition])
 
     evaluate(tried)
-    if refine > 0 and len(tried) > 1:
+    for _ in range(rounds if refine > 0 else 0):
         extra: set[int] = set()
         for name in names:
             best = max(tried, key=lambda k, name=name: scores[name][k])
