@@ -14,18 +14,24 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 __all__ = [
     "DIAGNOSTICS",
+    "MANY_TO_ONE",
     "SCORES",
     "cluster_accuracy",
     "contingency",
     "evaluate",
     "hungarian_match",
     "knn_accuracy",
+    "many_to_one_accuracy",
+    "many_to_one_labels",
     "matched_confusion",
     "weighted_precision_recall_f",
 ]
 
 SCORES = ("acc", "nmi", "ari", "weighted_precision", "weighted_recall", "weighted_f")
 """The keys of ``evaluate`` (METHOD.md, Evaluation), in order."""
+
+MANY_TO_ONE = ("acc_many_to_one", "nmi_many_to_one")
+"""Keys ``evaluate`` adds when the number of clusters differs from the number of classes."""
 
 DIAGNOSTICS = ("neighbour_purity", "neighbour_purity_knn", "knn_accuracy")
 """The stage-2 and stage-1 diagnostics a run reports next to ``SCORES``."""
@@ -129,6 +135,29 @@ def weighted_precision_recall_f(
     return float(w @ prec), float(w @ rec), float(w @ f)
 
 
+def many_to_one_labels(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Each image's cluster replaced by that cluster's majority class (ties: the smaller class).
+
+    The many-to-one mapping used when there are more clusters than classes (over-clustering):
+    several clusters may map to one class, so no cluster is left unmatched as in ACC.
+    """
+    t, p = _check_pair(y_true, y_pred)
+    counts, clusters, classes = _table(t, p)
+    majority = classes[counts.argmax(axis=1)]
+    return majority[np.searchsorted(clusters, p)]
+
+
+def many_to_one_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Share of images in their cluster's majority class: the clustering's purity.
+
+    Equals ``weighted_precision``; it reaches 1 by giving every image its own cluster, so read
+    it with the number of clusters (and beside the one-to-one ACC).
+    """
+    t, p = _check_pair(y_true, y_pred)
+    counts = _table(t, p)[0]
+    return float(counts.max(axis=1).sum() / t.shape[0])
+
+
 def knn_accuracy(neighbours: np.ndarray, labels: np.ndarray) -> float:
     """Leave-one-out kNN-classifier accuracy of features, given their mined neighbours.
 
@@ -168,19 +197,25 @@ def evaluate(
     """All clustering scores of METHOD.md, Evaluation, as fractions in [0, 1] (ARI can be < 0).
 
     Keys: acc, nmi, ari, weighted_precision, weighted_recall, weighted_f. NMI uses
-    scikit-learn's default (arithmetic-mean) normalisation. With ``neighbours`` (N x k, each
-    image's mined neighbours, itself excluded) also the intermediate diagnostics
+    scikit-learn's default (arithmetic-mean) normalisation. When the number of distinct
+    clusters differs from the number of distinct classes (``MANY_TO_ONE``) also
+    ``acc_many_to_one`` (purity: each cluster mapped to its majority class) and
+    ``nmi_many_to_one`` (NMI of the classes against those mapped labels), where one-to-one ACC
+    alone counts every cluster beyond the number of classes as wrong. With ``neighbours``
+    (N x k, each image's mined neighbours, itself excluded) also the intermediate diagnostics
     ``neighbour_purity`` and ``knn_accuracy``.
     """
     t, p = _check_pair(y_true, y_pred)
     wp, wr, wf = weighted_precision_recall_f(t, p)
     extra: dict[str, float] = {}
+    if np.unique(p).size != np.unique(t).size:
+        mapped = many_to_one_labels(t, p)
+        extra["acc_many_to_one"] = many_to_one_accuracy(t, p)
+        extra["nmi_many_to_one"] = float(normalized_mutual_info_score(t, mapped))
     if neighbours is not None:
         hits = np.asarray(neighbours)
-        extra = {
-            "neighbour_purity": float((t[hits] == t[:, None]).mean()),
-            "knn_accuracy": knn_accuracy(hits, t),
-        }
+        extra["neighbour_purity"] = float((t[hits] == t[:, None]).mean())
+        extra["knn_accuracy"] = knn_accuracy(hits, t)
     return {
         "acc": cluster_accuracy(t, p),
         "nmi": float(normalized_mutual_info_score(t, p)),

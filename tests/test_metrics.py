@@ -14,6 +14,8 @@ from smcluster.metrics import (
     evaluate,
     hungarian_match,
     knn_accuracy,
+    many_to_one_accuracy,
+    many_to_one_labels,
     matched_confusion,
     weighted_precision_recall_f,
 )
@@ -118,11 +120,39 @@ def test_evaluate_keys_and_sklearn_scores() -> None:
         "weighted_precision",
         "weighted_recall",
         "weighted_f",
+        "acc_many_to_one",
+        "nmi_many_to_one",
     ]
     assert all(isinstance(v, float) for v in scores.values())
     assert scores["nmi"] == pytest.approx(normalized_mutual_info_score(A_TRUE, A_PRED))
     assert scores["ari"] == pytest.approx(adjusted_rand_score(A_TRUE, A_PRED))
     assert scores["weighted_f"] == pytest.approx(110 / 147)
+
+
+def test_many_to_one_by_hand() -> None:
+    # A: cluster 0 -> class 0 (3 of 3), cluster 1 -> class 1 (2 of 4): 5/7, as ACC.
+    np.testing.assert_array_equal(many_to_one_labels(A_TRUE, A_PRED), [0, 0, 0, 1, 1, 1, 1])
+    assert many_to_one_accuracy(A_TRUE, A_PRED) == pytest.approx(5 / 7)
+    # B: cluster 1 holds one image of each class, a tie that goes to class 0; cluster 2 -> 1.
+    np.testing.assert_array_equal(many_to_one_labels(B_TRUE, B_PRED), [0, 0, 0, 1, 1, 1, 0])
+    assert many_to_one_accuracy(B_TRUE, B_PRED) == pytest.approx(5 / 7)
+    # Over-clustering: every class split in two pure clusters. One-to-one ACC counts half of
+    # them wrong; many-to-one maps both halves to their class.
+    y_true = np.repeat([0, 1], 4)
+    y_pred = np.array([0, 0, 7, 7, 2, 2, 5, 5])
+    np.testing.assert_array_equal(many_to_one_labels(y_true, y_pred), y_true)
+    scores = evaluate(y_true, y_pred)
+    assert scores["acc"] == pytest.approx(0.5)
+    assert scores["acc_many_to_one"] == pytest.approx(1.0)
+    assert scores["nmi_many_to_one"] == pytest.approx(1.0)
+    assert scores["nmi"] < 1.0
+    assert scores["acc_many_to_one"] == pytest.approx(scores["weighted_precision"])
+
+
+def test_many_to_one_keys_only_when_the_counts_differ() -> None:
+    y_true = np.repeat(np.arange(3), 3)
+    assert "acc_many_to_one" not in evaluate(y_true, np.roll(y_true, 1))
+    assert "acc_many_to_one" in evaluate(y_true, np.arange(9) % 4)
 
 
 def test_clear_errors() -> None:

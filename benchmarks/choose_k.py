@@ -1,0 +1,330 @@
+"""Choosing the number of clusters: each criterion's estimate against the true K.
+
+For every data set and seed: features and neighbours (cheap ones computed here, or a finished
+run's ``embeddings.npy`` / ``neighbours.npy``), ``choose_n_clusters`` over K_true / 4 ..
+4 K_true recording every criterion, each criterion's chosen K, the ACC / many-to-one ACC / NMI
+of its own partition at its chosen K and at the true K, and the search's seconds against one
+fixed-K stage 3 on the same stored features (``train_heads_on_embeddings`` at K_true with the
+configuration's heads, timed over ``--reference-epochs`` epochs and scaled to its epochs).
+
+Features (``--features``):
+
+- ``pixels``: images at most 32 px (area-resized), scaled to [0, 1], centred, projected on
+  their 64 leading principal axes; neighbours by ``knn_search`` (q of the data set's cpu
+  preset). Cheap and weak: not the method's stage-1 features;
+- ``--run DIR``: a finished run's ``embeddings.npy`` and ``neighbours.npy``, labels from its
+  ``assignments.csv`` (its ``label`` column), the clustering settings from its ``config.yaml``.
+
+    python benchmarks/choose_k.py --dataset mnist-10k omniglot-100 --seeds 0 1 2
+    python benchmarks/choose_k.py --run runs/bench/cpu/mnist-10k/f-seed0 --seeds 0
+
+Results: ``benchmarks/results/choose-k-<tag>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smcluster.config import ClusteringConfig, Config
+from smcluster.metrics import cluster_accuracy, many_to_one_accuracy
+from smcluster.models import ClusterHeads
+from smcluster.stages.choose_k import CRITERIA, PARTITIONS, SearchInputs, choose_n_clusters
+from smcluster.stages.choose_k import candidate_grid as grid
+from smcluster.stages.clustering import train_heads_on_embeddings
+from smcluster.stages.neighbours import knn_search
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str
+    file: str
+    classes_kept: int | None  # the first classes (Omniglot); None keeps all
+    first: int | None  # the first images (MNIST's 10k); None keeps all
+    q: int
+    preset: str
+
+
+DATASETS = {
+    d.name: d
+    for d in [
+        DataSet("mnist-10k", "mnist.npz", None, 10_000, 20, "cpu-mnist"),
+        DataSet("cifar-10", "cifar10_test.npz", None, None, 20, "cpu-cifar10"),
+        DataSet("omniglot-100", "omniglot_background.npz", 100, None, 10, "cpu-omniglot"),
+        DataSet("omniglot-200", "omniglot_background.npz", 200, None, 10, "cpu-omniglot"),
+        DataSet("omniglot-964", "omniglot_background.npz", None, None, 10, "cpu-omniglot"),
+        DataSet(
+            "tinyimagenet-200", "tinyimagenet_train_32.npz", None, None, 10, "cpu-tinyimagenet"
+        ),
+    ]
+}
+
+
+def shared_data_dir(arg: str | None) -> Path:
+    """``--shared-data``, else ``$SMCLUSTER_SHARED_DATA``, else ``../shared/data``."""
+    if arg:
+        return Path(arg)
+    env = os.environ.get("SMCLUSTER_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def load_images(spec: DataSet, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    path = folder / spec.file
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: point --shared-data at the shared data")
+    with np.load(path, allow_pickle=False) as data:
+        images, labels = data["images"], data["labels"].astype(np.int64)
+    keep = np.ones(len(labels), dtype=bool)
+    if spec.classes_kept is not None:
+        keep &= labels < spec.classes_kept
+    if spec.first is not None:
+        keep &= np.arange(len(labels)) < spec.first
+    return images[keep], labels[keep]
+
+
+def pixel_features(images: np.ndarray, dims: int = 64) -> np.ndarray:
+    """Area-resized (<= 32 px) pixels in [0, 1], centred, on their ``dims`` principal axes."""
+    from sklearn.decomposition import PCA
+
+    x = torch.from_numpy(images).float() / 255.0
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if x.shape[-1] > 32:
+        x = torch.nn.functional.interpolate(x, size=(28, 28), mode="area")
+    flat = x.flatten(1).numpy()
+    return PCA(dims, random_state=0).fit_transform(flat - flat.mean(0)).astype(np.float32)
+
+
+def run_inputs(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, ClusteringConfig]:
+    """A finished run's embeddings, neighbours, labels and clustering settings."""
+    embeddings = np.load(run / "embeddings.npy")
+    neighbours = np.load(run / "neighbours.npy")
+    with (run / "assignments.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "label" not in rows[0]:
+        raise ValueError(f"{run}/assignments.csv has no label column: the run had no labels")
+    labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
+    return embeddings, neighbours, labels, Config.load(run / "config.yaml").clustering
+
+
+def reference_seconds(
+    embeddings: np.ndarray,
+    neighbours: np.ndarray,
+    k: int,
+    config: ClusteringConfig,
+    epochs: int,
+) -> float:
+    """Seconds of one fixed-K stage 3 on stored features (``epochs`` timed, then scaled)."""
+    heads = ClusterHeads(embeddings.shape[1], k, config.heads)
+    started = time.perf_counter()
+    train_heads_on_embeddings(
+        heads,
+        torch.from_numpy(embeddings)[None],
+        torch.from_numpy(neighbours),
+        config,
+        epochs=epochs,
+        seed=0,
+        progress=False,
+    )
+    return (time.perf_counter() - started) * config.epochs / epochs
+
+
+def partition_scores(
+    inputs: SearchInputs, criterion: str, k: int, labels: np.ndarray
+) -> dict[str, float]:
+    """ACC, many-to-one ACC and NMI of a criterion's own partition at ``k`` (its best-scoring
+    head), against the labels (reporting only)."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from smcluster.stages.choose_k import SCORES
+
+    partition, score = CRITERIA[criterion]
+    candidates = PARTITIONS[partition](inputs, k)
+    best = max(candidates, key=lambda p: SCORES[score](inputs, p))
+    return {
+        "acc": cluster_accuracy(labels, best),
+        "acc_many_to_one": many_to_one_accuracy(labels, best),
+        "nmi": float(normalized_mutual_info_score(labels, best)),
+    }
+
+
+def measure(
+    name: str,
+    embeddings: np.ndarray,
+    neighbours: np.ndarray,
+    labels: np.ndarray,
+    config: ClusteringConfig,
+    args: argparse.Namespace,
+    seed: int,
+) -> dict[str, Any]:
+    true_k = len(np.unique(labels))
+    lo, hi = max(2, true_k // 4), min(4 * true_k, len(labels) // 2)
+    search = choose_n_clusters(
+        embeddings,
+        neighbours,
+        grid(lo, hi, args.points),
+        config,
+        seed=seed,
+        criterion=args.criteria[0],
+        record=args.criteria[1:],
+        budget_epochs=args.budget_epochs,
+        tries=args.tries,
+    )
+    inputs = SearchInputs(
+        embeddings,
+        embeddings[None],
+        neighbours,
+        config,
+        seed,
+        args.budget_epochs,
+        args.tries,
+        32,
+        4000,
+    )
+    per_criterion = {}
+    for criterion in search.scores:
+        chosen = search.best(criterion)
+        per_criterion[criterion] = {
+            "chosen": chosen,
+            "relative_error": chosen / true_k - 1.0,
+            "at_chosen": partition_scores(inputs, criterion, chosen, labels),
+            "at_true": partition_scores(inputs, criterion, true_k, labels),
+        }
+    if args.stage3_epochs is not None:
+        config = dataclasses.replace(config, epochs=args.stage3_epochs)
+    reference = reference_seconds(embeddings, neighbours, true_k, config, args.reference_epochs)
+    return {
+        "dataset": name,
+        "seed": seed,
+        "n_images": len(labels),
+        "true_k": true_k,
+        "range": [lo, hi],
+        "neighbour_purity": float((labels[neighbours] == labels[:, None]).mean()),
+        "search": search.to_dict(),
+        "criteria": per_criterion,
+        "search_seconds": search.seconds,
+        "reference_stage3_seconds": reference,
+        "reference": f"{config.heads} heads x {config.epochs} epochs at K = {true_k}",
+    }
+
+
+def table(rows: list[dict[str, Any]], criteria: list[str]) -> str:
+    """Markdown: per data set, each criterion's estimates over seeds and its partition's ACC."""
+    lines = [
+        "| data set | true K | kNN purity | criterion | estimates (seeds) | within 25 % | "
+        "ACC / NMI at estimate | ACC / NMI at true K | search s (x stage 3) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        group = [r for r in rows if r["dataset"] == name]
+        for criterion in criteria:
+            got = [r["criteria"][criterion] for r in group]
+            within = sum(abs(g["relative_error"]) <= 0.25 for g in got)
+            at_est = np.mean([[g["at_chosen"]["acc"], g["at_chosen"]["nmi"]] for g in got], 0)
+            at_true = np.mean([[g["at_true"]["acc"], g["at_true"]["nmi"]] for g in got], 0)
+            secs = np.mean([r["search_seconds"] for r in group])
+            ratio = np.mean([r["search_seconds"] / r["reference_stage3_seconds"] for r in group])
+            lines.append(
+                f"| {name} | {group[0]['true_k']} | {group[0]['neighbour_purity']:.2f} | "
+                f"{criterion} | {', '.join(str(g['chosen']) for g in got)} | "
+                f"{within}/{len(got)} | {at_est[0]:.3f} / {at_est[1]:.3f} | "
+                f"{at_true[0]:.3f} / {at_true[1]:.3f} | {secs:.0f} ({ratio:.2f}) |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", nargs="+", default=["mnist-10k"], choices=list(DATASETS))
+    parser.add_argument("--run", nargs="*", type=Path, default=[], help="finished run folders")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA))
+    parser.add_argument("--points", type=int, default=10, help="candidate K in the grid")
+    parser.add_argument("--budget-epochs", type=int, default=5)
+    parser.add_argument(
+        "--stage3-epochs",
+        type=int,
+        default=None,
+        help="epochs of the fixed-K stage 3 the search is compared with (default: the preset's"
+        " or the run's)",
+    )
+    parser.add_argument("--tries", type=int, default=3)
+    parser.add_argument("--reference-epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shared-data", default=None)
+    parser.add_argument("--tag", default=dt.date.today().isoformat())
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows: list[dict[str, Any]] = []
+    sources: list[tuple[str, Any]] = [(name, None) for name in args.dataset] if not args.run else []
+    sources += [(run.name, run) for run in args.run]
+    for name, run in sources:
+        if run is None:
+            spec = DATASETS[name]
+            images, labels = load_images(spec, shared_data_dir(args.shared_data))
+            embeddings = pixel_features(images)
+            neighbours = knn_search(embeddings, spec.q)[0]
+            config = Config().updated(_preset_clustering(spec.preset)).clustering
+            features = "pixels: <= 32 px pixels, PCA to 64 dimensions (not stage-1 features)"
+        else:
+            embeddings, neighbours, labels, config = run_inputs(run)
+            features = f"run folder {run}: its embeddings.npy and neighbours.npy"
+        for seed in args.seeds:
+            row = measure(name, embeddings, neighbours, labels, config, args, seed)
+            row["features"] = features
+            rows.append(row)
+            print(table([row], args.criteria), flush=True)
+    write(rows, args)
+
+
+def _preset_clustering(preset: str) -> dict[str, Any]:
+    from smcluster.config import PRESETS
+
+    return {"clustering": PRESETS[preset].get("clustering", {})}
+
+
+def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = args.results / f"choose-k-{args.tag}"
+    command = "python benchmarks/choose_k.py " + shlex.join(sys.argv[1:])
+    meta = {
+        "command": command,
+        "date": dt.date.today().isoformat(),
+        "machine": f"{os.cpu_count()} CPU cores, {platform.platform()}",
+        "threads": args.threads,
+        "torch": torch.__version__,
+    }
+    stem.with_suffix(".json").write_text(json.dumps({**meta, "runs": rows}, indent=1) + "\n")
+    features = sorted({r["features"] for r in rows})
+    text = [
+        f"# Choosing the number of clusters ({meta['date']})",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {meta['machine']}, {args.threads} torch threads  ",
+        "Features: " + "; ".join(features),
+        "",
+        table(rows, args.criteria),
+        "",
+    ]
+    stem.with_suffix(".md").write_text("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
