@@ -118,7 +118,7 @@ BOUNDARIES = {
     "after stage 3": ("save_checkpoint", "clustering", 1),
     "inside self-labelling": ("save_checkpoint", "selflabel-last", 1),
     "before outputs": ("save_checkpoint", "selflabel", 1),
-    "between outputs": ("save_array", "probabilities", 1),
+    "between outputs": ("save_array_rows", "probabilities", 1),
 }
 
 
