@@ -18,6 +18,7 @@ import numpy as np
 
 from smcluster.config import Config
 from smcluster.data import ImageSet
+from smcluster.runfolder import RunFolder
 
 # File names of the run folder, as written by ``smcluster.pipeline`` (CONTRIBUTING.md).
 CONFIG = "config.yaml"
@@ -131,7 +132,7 @@ def load_run(run: str | Path, *, images: bool = True) -> RunData:
     if probabilities is not None and probabilities.shape[0] == len(ids):
         n_clusters = max(n_clusters, int(probabilities.shape[1]))
     n_clusters = max(n_clusters, int(clusters.max()) + 1)
-    metrics = json.loads((root / METRICS).read_text()) if (root / METRICS).exists() else {}
+    metrics = RunFolder(root).load_json("metrics") if (root / METRICS).exists() else {}
     data = RunData(
         root=root,
         config=config,
@@ -198,9 +199,14 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def _load_array(path: Path, *, mmap: bool = False) -> np.ndarray | None:
+    """The array at ``path`` (None when absent); a damaged file is a ``RunFolderError``
+    naming it and how to remake it."""
     if not path.exists():
         return None
-    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    mode = "r" if mmap else None
+    return RunFolder(path.parent).read(
+        path, lambda p: np.load(p, allow_pickle=False, mmap_mode=mode)
+    )
 
 
 def _load_images(config: Config, ids: list[str]) -> tuple[ImageSet | None, str | None]:

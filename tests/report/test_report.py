@@ -181,3 +181,13 @@ def test_bad_run_folders_raise_clear_errors(tmp_path: Path, run_copy: Path) -> N
     (run_copy / "assignments.csv").unlink()
     with pytest.raises(ValueError, match="has not finished"):
         write_report(run_copy)
+
+
+@pytest.mark.parametrize("name", ["probabilities.npy", "metrics.json"])
+def test_a_damaged_run_file_is_named_not_a_traceback(run_copy: Path, name: str) -> None:
+    from smcluster.runfolder import RunFolderError
+
+    path = run_copy / name
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(RunFolderError, match=name):
+        write_report(run_copy)
