@@ -8,11 +8,14 @@ are skipped, with the reason, when it is missing. `SMCLUSTER_SHARED_DATA` points
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import event
 
 from smcluster.api import SMCluster
 
@@ -67,3 +70,22 @@ def brief_run(tmp_path_factory) -> SMCluster:
         run__report=False,
         run__progress=False,
     ).fit("digits")
+
+
+def _clean_outcome(load: Callable[[], object]) -> None:
+    """Any input gives a result or a ValueError/FileNotFoundError with a message; any other
+    exception fails the test (the fuzz tests' check)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load()
+        event("loaded")
+    except (ValueError, FileNotFoundError) as error:
+        event(type(error).__name__)
+        assert str(error).strip()
+
+
+@pytest.fixture(scope="session")
+def clean_outcome() -> Callable[[Callable[[], object]], None]:
+    """The fuzz tests' check, shared (session-scoped, so hypothesis may use it)."""
+    return _clean_outcome
