@@ -10,13 +10,13 @@ into memory by numpy, so large sets belong in an ``.npy``. Files are read with
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from smcluster.data.imageset import check_labels
+from smcluster.data.npz import BROKEN_ARCHIVE, read_field
 from smcluster.data.strings import StringTable
 
 EMBEDDINGS, IDS, LABELS = "embeddings", "ids", "labels"
@@ -62,7 +62,7 @@ def load_embeddings(path: str | Path, *, mmap: bool = True) -> Embeddings:
         raise FileNotFoundError(f"no embeddings file at {path}")
     try:
         loaded = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except (ValueError, *BROKEN_ARCHIVE) as error:
         raise ValueError(
             f"{path} is not a readable .npy or .npz file (truncated or not numpy's format?): "
             f"{error}"
@@ -77,9 +77,9 @@ def load_embeddings(path: str | Path, *, mmap: bool = True) -> Embeddings:
                     f"{', '.join(fields) or 'none'}); an embeddings .npz needs '{EMBEDDINGS}' "
                     f"(N x D) and may have '{IDS}' and '{LABELS}'"
                 )
-            vectors = _member(loaded, EMBEDDINGS, path)
-            ids = _member(loaded, IDS, path) if IDS in fields else None
-            labels = _member(loaded, LABELS, path) if LABELS in fields else None
+            vectors = read_field(loaded, EMBEDDINGS, path)
+            ids = read_field(loaded, IDS, path) if IDS in fields else None
+            labels = read_field(loaded, LABELS, path) if LABELS in fields else None
     else:
         vectors = loaded
     vectors = _check_vectors(vectors, path)
@@ -90,18 +90,6 @@ def load_embeddings(path: str | Path, *, mmap: bool = True) -> Embeddings:
         labels=check_labels(labels, n, str(path)),
         name=path.stem,
     )
-
-
-def _member(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
-    try:
-        return archive[key]
-    except ValueError as error:
-        raise ValueError(
-            f"{path}: '{key}' holds Python objects, which are not loaded (allow_pickle=False); "
-            "save it as a plain numeric or string array"
-        ) from error
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: '{key}' cannot be read (truncated file?): {error}") from error
 
 
 def _check_vectors(vectors: np.ndarray, path: Path) -> np.ndarray:

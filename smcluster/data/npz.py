@@ -17,7 +17,7 @@ from smcluster.data.imageset import TensorImageSet
 
 IMAGES, LABELS, CLASS_NAMES = "images", "labels", "class_names"
 
-_BROKEN = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
+BROKEN_ARCHIVE = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
 """What numpy and zipfile raise on a damaged or truncated archive."""
 
 
@@ -35,7 +35,7 @@ def load_npz(
         raise FileNotFoundError(f"no .npz file at {path}")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, *_BROKEN) as error:
+    except (ValueError, *BROKEN_ARCHIVE) as error:
         raise ValueError(f"{path} is not a readable .npz file: {error}") from error
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{path} holds a single array (.npy), not an .npz archive of fields")
@@ -46,9 +46,9 @@ def load_npz(
                 f"{path} has no '{IMAGES}' field (fields found: {', '.join(fields) or 'none'}); "
                 f"an image .npz needs '{IMAGES}' and may have '{LABELS}' and '{CLASS_NAMES}'"
             )
-        images = _field(archive, IMAGES, path)
-        labels = _field(archive, LABELS, path) if LABELS in fields else None
-        class_names = _field(archive, CLASS_NAMES, path) if CLASS_NAMES in fields else None
+        images = read_field(archive, IMAGES, path)
+        labels = read_field(archive, LABELS, path) if LABELS in fields else None
+        class_names = read_field(archive, CLASS_NAMES, path) if CLASS_NAMES in fields else None
     if class_names is not None and class_names.dtype.kind not in "US":
         raise ValueError(
             f"{path}: '{CLASS_NAMES}' must be an array of strings, got dtype {class_names.dtype}"
@@ -85,10 +85,12 @@ def npz_image_shape(path: str | Path) -> tuple[int, int, int] | None:
     return (shape[2], shape[1], shape[3]) if len(shape) == 4 else None
 
 
-def _field(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+def read_field(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """One field of an open archive; a ValueError naming the file and field when it holds
+    Python objects or cannot be read."""
     try:
         return archive[key]
-    except (ValueError, *_BROKEN) as error:
+    except (ValueError, *BROKEN_ARCHIVE) as error:
         if "allow_pickle" in str(error):
             raise ValueError(
                 f"{path}: field '{key}' holds Python objects, which are not loaded (allow_pickle"
