@@ -216,7 +216,7 @@ def run_pipeline(
     if embeddings_in_memory:
         stored_at = str(folder.path("input_embeddings").resolve())
         config = config.updated({"data": {"embeddings": stored_at}})
-    in_memory = config.data.source == IN_MEMORY and data is not None
+    in_memory = config.data.source == IN_MEMORY
     if in_memory:
         stored = {
             "source": str(folder.path("images").resolve()),

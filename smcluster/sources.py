@@ -10,10 +10,10 @@ any features. A source turns a run into ``StageOne``, the one thing stages 2 and
 - ``embeddings`` (``data.embeddings``): a file of precomputed features; no images, so no
   augmented views (plain kNN mining, heads on the one stored view).
 
-The three-view mining (METHOD.md, Stage 2) on a frozen backbone extracts the strong view once
-and ``clustering.feature_views`` weak views: 1 + 1 + V passes of the backbone over the data
-on top of the plain one (6 with the defaults), the price of mining in three views without
-training a network.
+A frozen backbone passes over the data once for the plain features (mined after L2
+normalisation, read raw by the heads), ``clustering.feature_views`` times for the weak views
+the heads train on, and once more for the strong view of the three-view mining (METHOD.md,
+Stage 2): 1 + V + 1 passes, 6 with the defaults (5 with plain kNN mining).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from smcluster.config import Config, stage1_training
 from smcluster.data.embeddings import Embeddings
 from smcluster.engine import seed_everything
 from smcluster.models.pretrained import load_pretrained
+from smcluster.stages.clustering import Stored
 from smcluster.stages.features import (
     build_feature_model,
     extract_features,
@@ -40,8 +41,6 @@ from smcluster.stages.features import (
 
 if TYPE_CHECKING:
     from smcluster.pipeline import RunContext
-
-Stored = Tensor | np.ndarray
 
 
 @dataclass
@@ -94,26 +93,38 @@ def _once(make: Callable[[], object]) -> Callable[[], object]:
     return get
 
 
+def _normalised(network: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    return lambda x: nn.functional.normalize(network(x).float(), dim=1)
+
+
 def _cached_arrays(
-    run: RunContext, mined: Callable[[Tensor], Tensor], backbone: nn.Module
+    run: RunContext, backbone: nn.Module, mined: Callable[[Tensor], Tensor] | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mining features and backbone features of the un-augmented images, saved once."""
+    """Mining features and backbone features of the un-augmented images, saved once; with
+    ``mined`` None the mining features are the normalised backbone features (no second pass)."""
     features = run.folder.load_array("features")
     embeddings = run.folder.load_array("embeddings")
     if features is None or embeddings is None:
         c, d, f = run.config, run.data, run.fabric
-        features = extract_features(mined, d, c, f).numpy()
         embeddings = extract_features(backbone, d, c, f).numpy()
+        if mined is None:
+            features = nn.functional.normalize(torch.from_numpy(embeddings), dim=1).numpy()
+        else:
+            features = extract_features(mined, d, c, f).numpy()
         run.folder.save_array("features", features)
         run.folder.save_array("embeddings", embeddings)
     return features, embeddings
 
 
-def _image_source(run: RunContext, backbone: nn.Module, mined: Callable) -> StageOne:
-    """The arrays and lazy views shared by every source that has images and a network."""
+def _image_source(
+    run: RunContext, backbone: nn.Module, mined: Callable[[Tensor], Tensor] | None = None
+) -> StageOne:
+    """The arrays and lazy views shared by every source that has images and a network;
+    ``mined`` maps images to the features stage 2 mines (None: the normalised backbone)."""
     config = run.config
     seed = config.run.seed
-    features, embeddings = _cached_arrays(run, mined, backbone)
+    features, embeddings = _cached_arrays(run, backbone, mined)
+    mined = mined or _normalised(backbone)
     weak = _views(run, backbone, run.views.weak, config.clustering.feature_views, seed + 1)
 
     def strong() -> np.ndarray:
@@ -170,12 +181,7 @@ def frozen_source(run: RunContext) -> StageOne:
         run.say(f"stage 1 (frozen {f.backbone}): {backbone.out_dim}-d features")
     else:
         backbone = stage1_backbone(config, saved)
-    backbone = backbone.to(run.fabric.device).eval()
-
-    def mined(x: Tensor) -> Tensor:
-        return nn.functional.normalize(backbone(x).float(), dim=1)
-
-    return _image_source(run, backbone, mined)
+    return _image_source(run, backbone.to(run.fabric.device).eval())
 
 
 def embeddings_source(run: RunContext) -> StageOne:
