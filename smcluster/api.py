@@ -21,7 +21,7 @@ import torch
 
 from smcluster.config import Config, load_settings, nested_settings, preset
 from smcluster.data import ImageSet, load_dataset
-from smcluster.data.embeddings import Embeddings
+from smcluster.data.embeddings import Embeddings, check_ids, check_vectors
 from smcluster.data.imageset import check_labels
 from smcluster.inference import FittedModel, load_fitted, warn_if_converted
 from smcluster.pipeline import run_pipeline
@@ -87,12 +87,9 @@ def as_embeddings(X: Any, y: Any = None) -> Embeddings | None:
     array = X.numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
     if array.ndim != 2 or array.dtype.kind != "f":
         return None
-    labels = None if y is None else check_labels(np.asarray(y), len(array), "y")
-    vectors = array.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(vectors)):
-        raise ValueError("the features contain NaN or infinite values")
-    ids = [str(i) for i in range(len(array))]
-    return Embeddings(vectors, ids, labels, "embeddings")
+    vectors = check_vectors(array, "X")
+    labels = None if y is None else check_labels(np.asarray(y), len(vectors), "y")
+    return Embeddings(vectors, check_ids(None, len(vectors), "X"), labels, "embeddings")
 
 
 class SMCluster:

@@ -82,17 +82,19 @@ def load_embeddings(path: str | Path, *, mmap: bool = True) -> Embeddings:
             labels = read_field(loaded, LABELS, path) if LABELS in fields else None
     else:
         vectors = loaded
-    vectors = _check_vectors(vectors, path)
+    vectors = check_vectors(vectors, path)
     n = vectors.shape[0]
     return Embeddings(
         vectors=vectors,
-        ids=_check_ids(ids, n, path),
+        ids=check_ids(ids, n, path),
         labels=check_labels(labels, n, str(path)),
         name=path.stem,
     )
 
 
-def _check_vectors(vectors: np.ndarray, path: Path) -> np.ndarray:
+def check_vectors(vectors: np.ndarray, path: Path | str) -> np.ndarray:
+    """``vectors`` as float32 N x D (N >= 2, D >= 1, finite, checked chunk by chunk so a
+    memory-mapped file is not copied whole); a ValueError naming ``path`` otherwise."""
     if vectors.ndim != 2:
         raise ValueError(
             f"{path}: embeddings must be a 2-D array (N x D), got {vectors.ndim}-D shape "
@@ -118,7 +120,8 @@ def _check_vectors(vectors: np.ndarray, path: Path) -> np.ndarray:
     return vectors
 
 
-def _check_ids(ids: np.ndarray | None, n: int, path: Path) -> StringTable:
+def check_ids(ids: np.ndarray | None, n: int, path: Path | str) -> StringTable:
+    """N distinct ids as strings ("0".."N-1" when None); a ValueError naming ``path``."""
     if ids is None:
         return StringTable(str(i) for i in range(n))
     if ids.ndim != 1 or ids.dtype.kind not in "USiu":
