@@ -172,6 +172,7 @@ class RunConfig:
     precision: Precision = "32-true"
     report: bool = True
     progress: bool = True
+    time_budget: float | None = None
 
 
 @dataclass
@@ -492,6 +493,7 @@ RANGES: dict[str, Range] = {
     "run.threads": AT_LEAST_1,
     "run.devices": AT_LEAST_1,
     "run.num_nodes": AT_LEAST_1,
+    "run.time_budget": POSITIVE,
 }
 """Allowed values of the numeric settings; a numeric setting not listed must be >= 0 (epochs,
 warm-ups, weight decays, workers, seed, ...)."""
