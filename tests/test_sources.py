@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from sklearn.metrics import adjusted_rand_score
 
 from smcluster.api import SMCluster
 from smcluster.cli import main
@@ -211,3 +212,33 @@ def test_memory_guard_stops_an_oversized_run_before_any_work(tmp_path, monkeypat
     assert code == 2
     assert "clustering.batch_size or clustering.heads" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_gpu_runs_settings_work_on_the_cpu_and_agree(source_run, tmp_path) -> None:
+    """bf16 autocast and loader worker processes (what a GPU run uses) on the CPU give the
+    features and clusters of the fp32, single-process run."""
+    images, labels = digits(400, start=900)
+    common = {
+        "features__backbone": f"run:{source_run}",
+        "mining__q": 10,
+        "clustering__batch_size": 128,
+        "clustering__epochs": 20,
+        "clustering__heads": 2,
+        **QUICK,
+    }
+    runs = {
+        name: SMCluster(10, out=tmp_path / name, **common, **extra).fit(images, labels)
+        for name, extra in (
+            ("fp32", {}),
+            ("gpu-like", {"run__precision": "bf16-mixed", "run__workers": 2}),
+        )
+    }
+    plain, gpu_like = (np.load(runs[n].run_dir_ / "embeddings.npy") for n in ("fp32", "gpu-like"))
+    cosine = np.sum(plain * gpu_like, 1) / (
+        np.linalg.norm(plain, axis=1) * np.linalg.norm(gpu_like, axis=1)
+    )
+    assert cosine.min() >= 0.99
+    assert adjusted_rand_score(runs["fp32"].labels_, runs["gpu-like"].labels_) >= 0.8
+    accs = [runs[n].metrics_["acc"] for n in ("fp32", "gpu-like")]
+    assert min(accs) >= 0.3  # chance 0.1
+    assert abs(accs[0] - accs[1]) <= 0.05
