@@ -4,8 +4,8 @@
     >>> model = SMCluster(n_clusters=10, preset="demo").fit("digits")
     >>> model.labels_[:5], model.metrics_["acc"]
 
-Settings are given as a preset, a ``Config`` or YAML file and/or keyword overrides in
-scikit-learn's nested-parameter style (``features__epochs=50``), applied in that order
+Settings are given as a method, a preset, a ``Config`` or YAML file and/or keyword overrides
+in scikit-learn's nested-parameter style (``features__epochs=50``), applied in that order
 (``build_config``); everything is validated before work starts.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smcluster.config import Config, load_settings, nested_settings, preset
+from smcluster.config import Config, load_settings, method, nested_settings, preset
 from smcluster.data import ImageSet, load_dataset
 from smcluster.data.embeddings import Embeddings, check_ids, check_vectors
 from smcluster.data.imageset import check_labels
@@ -34,9 +34,14 @@ def build_config(
     preset_name: str | None = None,
     config: Config | str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    method_name: str | None = None,
 ) -> Config:
-    """The validated configuration; later sources win: defaults < preset < config file <
-    overrides < n_clusters.
+    """The validated configuration; later sources win: defaults < method < preset < config
+    file < overrides < n_clusters.
+
+    A method (``config.METHODS``: ``paper``, ``scan``, ``best``) names a whole method's
+    settings (feature model, mining, head selection, entropy weight); a preset sizes a run
+    (backbone, image size, epochs), so it comes after and an explicit setting beats both.
 
     A YAML file overrides only the settings it names, so ``--config tuned.yaml --preset demo``
     is the demo preset with the file's changes. A ``Config`` object holds every setting, so it
@@ -48,9 +53,16 @@ def build_config(
                 f"a Config object holds every setting, so preset {preset_name!r} would change "
                 f"nothing: pass config=Config().updated(preset({preset_name!r})) instead"
             )
+        if method_name is not None:
+            raise ValueError(
+                f"a Config object holds every setting, so method {method_name!r} would change "
+                f"nothing: pass config=Config().updated(method({method_name!r})) instead"
+            )
         base = config
     else:
-        base = Config().updated(preset(preset_name)) if preset_name is not None else Config()
+        base = Config().updated(method(method_name)) if method_name is not None else Config()
+        if preset_name is not None:
+            base = base.updated(preset(preset_name))
         if config is not None:
             base = base.updated(load_settings(config))
     if overrides:
@@ -98,6 +110,8 @@ class SMCluster:
     Parameters
     ----------
     n_clusters: number of clusters C.
+    method: a named method (``smcluster.config.METHODS``): ``"paper"`` (METHOD.md exactly),
+        ``"scan"`` (SimCLR + kNN) or ``"best"``; under the preset, config and overrides.
     preset: a named preset (``smcluster.config.PRESETS``), e.g. ``"demo"`` or ``"cpu-mnist"``.
     config: the path of a YAML file (its settings override the preset's), or a ``Config``
         (every setting; not together with ``preset``).
@@ -115,9 +129,11 @@ class SMCluster:
         preset: str | None = None,
         config: Config | str | Path | None = None,
         out: str | Path | None = None,
+        method: str | None = None,
         **settings: Any,
     ) -> None:
         self.n_clusters = n_clusters
+        self.method = method
         self.preset = preset
         self.config = config
         self.out = out
@@ -129,6 +145,7 @@ class SMCluster:
             preset_name=self.preset,
             config=self.config,
             overrides=nested_settings(self.settings),
+            method_name=self.method,
         )
 
     def fit(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -21,11 +22,11 @@ from typing import Any
 
 import yaml
 
-from smcluster.config import PRESETS, load_yaml, nested_settings, preset
+from smcluster.config import METHODS, PRESETS, MiningMethod, load_yaml, nested_settings, preset
 
 SETTINGS_ORDER = (
-    "Settings apply in this order, later ones winning: the defaults, then --preset, then the "
-    "--config file (only the settings it names), then the flags and --set."
+    "Settings apply in this order, later ones winning: the defaults, then --method, then "
+    "--preset, then the --config file (only the settings it names), then the flags and --set."
 )
 
 
@@ -76,7 +77,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from smcluster.pipeline import run_pipeline
 
     config = build_config(
-        args.clusters, preset_name=args.preset, config=args.config, overrides=fit_overrides(args)
+        args.clusters,
+        preset_name=args.preset,
+        config=args.config,
+        overrides=fit_overrides(args),
+        method_name=args.method,
     )
     out = (
         args.out or Path("runs") / f"{Path(config.data.source).stem}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -192,7 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="reuse the finished stage 1 of RUN (same data, feature settings, seed)",
     )
     fit.add_argument("--feature-model", choices=["paper", "simclr"])
-    fit.add_argument("--mining", choices=["three-view", "knn"])
+    fit.add_argument(
+        "--method",
+        choices=sorted(METHODS),
+        help="a whole method: paper (METHOD.md exactly), scan (SimCLR + kNN), best; under "
+        "--preset, --config and flags",
+    )
+    fit.add_argument("--mining", choices=typing.get_args(MiningMethod))
     fit.add_argument("--self-label", action=argparse.BooleanOptionalAction, default=None)
     fit.add_argument(
         "--update-backbone",

@@ -32,7 +32,10 @@ from smcluster.models.pretrained import is_pretrained, parse_backbone
 # direction: stages import config, never the reverse); tests/test_config.py checks they agree.
 FeatureModel = Literal["paper", "simclr"]
 MiningFeatures = Literal["projector", "backbone"]
-MiningMethod = Literal["three-view", "knn"]
+MiningMethod = Literal["three-view", "knn", "fused"]
+NeighbourWeighting = Literal["none", "fused"]
+HeadSelection = Literal["loss", "agreement", "confidence", "consensus"]
+MethodName = Literal["paper", "scan", "best"]
 Agreement = Literal["dot", "argmax"]
 SearchBackend = Literal["auto", "faiss", "torch"]
 SearchIndex = Literal["auto", "exact", "ivf", "hnsw"]
@@ -119,12 +122,20 @@ class MiningConfig:
     ``index``: the kNN index, "exact", "ivf" or "hnsw" (approximate, tuned to a recall
     against exact search that is measured and reported), or "auto" (exact up to
     ``stages.neighbours.EXACT_LIMIT`` images on the CPU, IVF above it).
+    ``method="fused"`` (ours, not the paper's; METHOD.md, "Decisions where the paper is
+    silent") ranks the 4q instance-view pool by a weighted sum of the three views' per-anchor
+    z-scores, ``fusion_weights`` = (instance, strong, weak); ``strong_views`` strong views are
+    averaged (1 = the paper's one view); ``weighting="fused"`` also weights each neighbour's
+    SCAN consistency term by its fused score (fused mining only).
     """
 
     method: MiningMethod = "three-view"
     q: int = 20
     warmup_epochs: int = 5
     agreement: Agreement = "dot"
+    strong_views: int = 1
+    fusion_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    weighting: NeighbourWeighting = "none"
     backend: SearchBackend = "auto"
     index: SearchIndex = "auto"
 
@@ -141,9 +152,13 @@ class ClusteringConfig:
     the few confident images of weak features and lost clusters (benchmarks/README.md).
     ``feature_views`` is how many weak views per image are stored for the frozen path.
     ``weight_decay`` is decoupled from the gradient (AdamW; ``stages.clustering.stage3_optimizer``).
+    ``head_selection``: the label-free criterion that picks the kept head
+    (``stages.clustering.HEAD_SELECTION``); "loss", the lowest total SCAN loss, is SCAN's and
+    METHOD.md's.
     """
 
     entropy_weight: float = 5.0
+    head_selection: HeadSelection = "loss"
     heads: int = 10
     epochs: int = 100
     batch_size: int = 512
@@ -190,6 +205,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["augment"]["crop_scale"] = list(self.augment.crop_scale)
+        data["mining"]["fusion_weights"] = list(self.mining.fusion_weights)
         return data
 
     @classmethod
@@ -241,6 +257,17 @@ class Config:
                 "features.train=frozen needs a pretrained backbone (torchvision:NAME, timm:NAME, "
                 f"open_clip:NAME or run:PATH), got {self.features.backbone!r}: a randomly "
                 "initialised network gives no features; use features.train=scratch",
+            ),
+            (
+                min(self.mining.fusion_weights) >= 0 and max(self.mining.fusion_weights) > 0,
+                "mining.fusion_weights must be three weights >= 0, not all 0, got "
+                f"{list(self.mining.fusion_weights)}",
+            ),
+            (
+                self.mining.weighting == "none" or self.mining.method == "fused",
+                f"mining.weighting={self.mining.weighting!r} weights neighbours by the fused "
+                f"mining's scores, but mining.method is {self.mining.method!r}: set "
+                "mining.method=fused or mining.weighting=none",
             ),
             (
                 self.data.source is not None or self.data.embeddings is not None,
@@ -481,6 +508,7 @@ RANGES: dict[str, Range] = {
     "features.batch_size": AT_LEAST_2,
     "features.lr": POSITIVE,
     "mining.q": AT_LEAST_1,
+    "mining.strong_views": AT_LEAST_1,
     "clustering.heads": AT_LEAST_1,
     "clustering.epochs": AT_LEAST_1,
     "clustering.batch_size": AT_LEAST_2,
@@ -643,3 +671,29 @@ def preset(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return copy.deepcopy(PRESETS[name])
+
+
+# Methods: nested overrides naming a whole method, applied on top of the defaults and under a
+# preset (``api.build_config``). ``paper`` is METHOD.md's method exactly, ``scan`` the SCAN
+# baseline (SimCLR features, plain kNN); ``best`` is the measured best combination and equals
+# the defaults until benchmarks/README.md says otherwise.
+METHODS: dict[MethodName, dict[str, Any]] = {
+    "paper": {
+        "features": {"model": "paper"},
+        "mining": {"method": "three-view", "strong_views": 1, "weighting": "none"},
+        "clustering": {"head_selection": "loss", "entropy_weight": 5.0},
+    },
+    "scan": {
+        "features": {"model": "simclr"},
+        "mining": {"method": "knn", "weighting": "none"},
+        "clustering": {"head_selection": "loss", "entropy_weight": 5.0},
+    },
+    "best": {},
+}
+
+
+def method(name: str) -> dict[str, Any]:
+    """The overrides of a named method (``METHODS``)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return copy.deepcopy(METHODS[name])

@@ -69,7 +69,10 @@ def entropy(probabilities: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def scan_loss(
-    anchor_logits: Tensor, neighbour_logits: Tensor, entropy_weight: float
+    anchor_logits: Tensor,
+    neighbour_logits: Tensor,
+    entropy_weight: float,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """SCAN's clustering loss (METHOD.md, Stage 3, paper Eq. 14-15).
 
@@ -80,11 +83,19 @@ def scan_loss(
     kept, so several heads are scored in one call. Returns ``(total, consistency, entropy)``
     with ``entropy`` the (positive) entropy of ``P`` and ``total = consistency - lambda *
     entropy``.
+
+    ``weights`` (batch,), >= 0, make the consistency a weighted mean ``-sum_x w_x log <.,.> /
+    sum_x w_x`` (ours, not the paper's: fused mining's neighbour weighting, METHOD.md,
+    "Decisions where the paper is silent"); unit weights give SCAN's plain mean.
     """
     anchor = F.softmax(anchor_logits, dim=-1)
     neighbour = F.softmax(neighbour_logits, dim=-1)
     similarity = (anchor * neighbour).sum(dim=-1).clamp_min(1e-7)
-    consistency = -similarity.log().mean(dim=-1)
+    if weights is None:
+        consistency = -similarity.log().mean(dim=-1)
+    else:
+        w = weights.to(similarity)
+        consistency = -(w * similarity.log()).sum(dim=-1) / w.sum().clamp_min(1e-12)
     spread = entropy(anchor.mean(dim=-2))
     return consistency - entropy_weight * spread, consistency, spread
 

@@ -58,6 +58,7 @@ from smcluster.stages.clustering import (
     image_fetch,
     score_heads,
     select_head,
+    selected_heads,
     self_label_on_embeddings,
     train_heads_on_embeddings,
     train_scan,
@@ -266,10 +267,10 @@ def run_pipeline(
     stage_one = FEATURE_SOURCES[source](run)
     run.clock.charge("features")
 
-    neighbours, diagnostics = _stage_neighbours(run, stage_one)
+    neighbours, weights, diagnostics = _stage_neighbours(run, stage_one)
     run.clock.charge("neighbours")
 
-    clustering = _stage_clustering(run, stage_one, neighbours)
+    clustering = _stage_clustering(run, stage_one, neighbours, weights)
     run.clock.charge("clustering")
     return _write_outputs(run, clustering, stage_one.embeddings, neighbours, diagnostics)
 
@@ -296,13 +297,18 @@ class RunContext:
         return EpochCheckpoints(self.folder, stage, self.clock, timed_as)
 
 
-def _stage_neighbours(run: RunContext, stage_one: StageOne) -> tuple[np.ndarray, dict[str, Any]]:
-    """Stage 2: the configured mining, its arrays saved; purities when labels exist."""
+def _stage_neighbours(
+    run: RunContext, stage_one: StageOne
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Stage 2: the configured mining, its arrays saved (the neighbours' SCAN-loss weights
+    too, when weighted); purities when labels exist."""
     config, folder, labels = run.config, run.folder, run.items.labels
     started = time.perf_counter()
     neighbours = folder.load_array("neighbours")
     knn = folder.load_array("neighbours_knn")
-    if neighbours is None or knn is None:
+    weighted = config.mining.weighting != "none"
+    weights = folder.load_array("neighbour_weights") if weighted else None
+    if neighbours is None or knn is None or (weighted and weights is None):
         inputs = MiningInputs(
             stage_one.features,
             stage_one.strong_features,
@@ -313,7 +319,7 @@ def _stage_neighbours(run: RunContext, stage_one: StageOne) -> tuple[np.ndarray,
             checkpoint=folder.resume_point("mining-head"),
         )
         mined = MINING_METHODS[config.mining.method](inputs)
-        neighbours, knn = mined.neighbours, mined.knn
+        neighbours, knn, weights = mined.neighbours, mined.knn, mined.weights
         if mined.head is not None:
             folder.save_checkpoint("mining-head", {"heads": mined.head.state_dict()})
         if labels is not None:
@@ -322,6 +328,8 @@ def _stage_neighbours(run: RunContext, stage_one: StageOne) -> tuple[np.ndarray,
                 for step, array in mined.steps.items()
             }
             folder.save_progress(run.progress)
+        if weights is not None:
+            folder.save_array("neighbour_weights", weights)
         folder.save_array("neighbours_knn", knn)
         folder.save_array("neighbours", neighbours)
     diagnostics: dict[str, Any] = dict(run.progress.diagnostics)
@@ -338,7 +346,7 @@ def _stage_neighbours(run: RunContext, stage_one: StageOne) -> tuple[np.ndarray,
         f"stage 2 ({config.mining.method}): {neighbours.shape[1]} neighbours per image in "
         f"{time.perf_counter() - started:.1f} s{summary}"
     )
-    return neighbours, diagnostics
+    return neighbours, weights, diagnostics
 
 
 def _write_outputs(
@@ -374,6 +382,8 @@ def _write_outputs(
         "n_images": len(data),
         "n_clusters": config.n_clusters,
         "best_head": best,
+        "head_selection": config.clustering.head_selection,
+        "selected_heads": selected_heads(losses),
         "heads": losses,
     }
     if data.labels is not None:
@@ -412,9 +422,10 @@ def reuse_features(source: RunFolder, target: RunFolder, config: Config) -> None
 
 
 def _stage_clustering(
-    run: RunContext, stage_one: StageOne, neighbours: np.ndarray
+    run: RunContext, stage_one: StageOne, neighbours: np.ndarray, weights: np.ndarray | None
 ) -> ClusteringModel:
-    """Stage 3: SCAN heads on frozen features or with the backbone, then self-labelling.
+    """Stage 3: SCAN heads on frozen features or with the backbone, then self-labelling;
+    ``weights`` (N x q or None) weight the neighbours in the SCAN loss.
 
     The heads start from a seed of their own: built from the random state earlier stages
     left, a run resumed after stage 2 started from other heads than an unbroken one.
@@ -442,6 +453,7 @@ def _stage_clustering(
             "checkpoint": folder.resume_point("clustering"),
             "on_epoch_end": run.epoch_checkpoints("clustering", "clustering"),
             "progress": config.run.progress,
+            "weights": None if weights is None else torch.from_numpy(weights),
         }
         if frozen:
             train_heads_on_embeddings(heads, stage_one.weak_embeddings(), nb, c, **schedule)
@@ -449,7 +461,7 @@ def _stage_clustering(
             fetch = image_fetch(run.data, run.views.weak, device)
             train_scan(model, fetch, nb, c, lr=c.lr, fabric=run.fabric, **schedule)
         plain = _embed(model, embeddings, run)
-        best = select_head(heads, score_heads(heads, plain, nb, c.entropy_weight))
+        best = select_head(heads, score_heads(heads, plain, nb, c.entropy_weight), c.head_selection)
         folder.save_checkpoint("clustering", {"model": model.state_dict()})
         run.say(
             f"stage 3 (SCAN, {'frozen' if frozen else 'fine-tuned'} backbone): "

@@ -37,6 +37,7 @@ FILES = {
     "embeddings": "embeddings.npy",
     "neighbours_knn": "neighbours-knn.npy",
     "neighbours": "neighbours.npy",
+    "neighbour_weights": "neighbour-weights.npy",
     "probabilities": "probabilities.npy",
     "assignments": "assignments.csv",
     "metrics": "metrics.json",

@@ -13,7 +13,8 @@ any features. A source turns a run into ``StageOne``, the one thing stages 2 and
 A frozen backbone passes over the data once for the plain features (mined after L2
 normalisation, read raw by the heads), ``clustering.feature_views`` times for the weak views
 the heads train on, and once more for the strong view of the three-view mining (METHOD.md,
-Stage 2): 1 + V + 1 passes, 6 with the defaults (5 with plain kNN mining).
+Stage 2; ``mining.strong_views`` times for an average of several): 1 + V + 1 passes, 6 with
+the defaults (5 with plain kNN mining).
 """
 
 from __future__ import annotations
@@ -128,9 +129,14 @@ def _image_source(
     weak = _views(run, backbone, run.views.weak, config.clustering.feature_views, seed + 1)
 
     def strong() -> np.ndarray:
+        """Mining features of a strong view; with ``mining.strong_views`` V > 1 the mean of V
+        (normalised) views, whose dot product with a feature is the mean similarity."""
         seed_everything(seed + 2)
-        view = run.views.strong
-        return extract_features(mined, run.data, config, run.fabric, view=view).numpy()
+        view, count = run.views.strong, config.mining.strong_views
+        total = extract_features(mined, run.data, config, run.fabric, view=view)
+        for _ in range(count - 1):
+            total += extract_features(mined, run.data, config, run.fabric, view=view)
+        return (total / count).numpy()
 
     return StageOne(features, embeddings, weak, strong, backbone)
 
@@ -210,7 +216,7 @@ def resolve_for_source(config: Config) -> tuple[Config, list[str]]:
             f"mining.method={config.mining.method} needs images to augment; precomputed "
             "embeddings are mined with plain kNN"
         )
-        config = config.updated({"mining": {"method": "knn"}})
+        config = config.updated({"mining": {"method": "knn", "weighting": "none"}})
     return config, notes
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smcluster.api import build_config
-from smcluster.config import Config, preset
+from smcluster.config import Config, method, preset
 
 
 def test_config_file_overrides_the_preset_and_flags_override_the_file(tmp_path) -> None:
@@ -26,3 +26,26 @@ def test_a_config_object_and_a_preset_are_refused_together() -> None:
     with pytest.raises(ValueError, match="holds every setting"):
         build_config(preset_name="demo", config=Config(n_clusters=3))
     assert build_config(config=Config(n_clusters=3)).n_clusters == 3
+
+
+def test_a_method_sits_under_the_preset_and_explicit_settings_win() -> None:
+    """defaults < method < preset < config file < overrides."""
+    paper = build_config(method_name="paper", preset_name="demo")
+    assert paper == Config().updated(method("paper")).updated(preset("demo")).validate()
+    assert (paper.features.model, paper.mining.method, paper.clustering.head_selection) == (
+        "paper",
+        "three-view",
+        "loss",
+    )
+    assert paper.mining.q == preset("demo")["mining"]["q"]
+    scan = build_config(
+        method_name="scan",
+        overrides={"mining": {"method": "fused"}, "clustering": {"entropy_weight": 8.0}},
+    )
+    assert (scan.features.model, scan.mining.method, scan.clustering.entropy_weight) == (
+        "simclr",
+        "fused",
+        8.0,
+    )
+    with pytest.raises(ValueError, match="holds every setting, so method 'paper'"):
+        build_config(method_name="paper", config=Config(n_clusters=3))

@@ -241,3 +241,24 @@ def test_stage1_cost_prefers_the_record_of_the_run_that_copied_it_too(tmp_path: 
     (g_run / "metrics.json").write_text(json.dumps({"acc": 0.6, "timings": copying}))
     metrics = quality.read_metrics(g_run, quality.stage1_cost(f_run, record))
     assert metrics["features_seconds"] == 458.5 and metrics["acc"] == 0.6
+
+
+def test_probes_reproduce_the_runs_stage_three_and_leave_the_run_alone(
+    brief_run, tmp_path: Path
+) -> None:
+    probes = _load("probes")
+    run = Path(brief_run.run_dir_)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    argv = [str(run), "--fusion", "1,1,1", "--strong-views", "2", "--entropy-weights", "2", "5"]
+    assert probes.main([*argv, "--threads", "1", "--results", str(tmp_path), "--tag", "t"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    result = json.loads((tmp_path / "probes-t.json").read_text())["results"][0]
+    assert set(result["mining"]) == {"knn", "three-view", "fused", "fused-weighted"}
+    assert all(0 <= m["purity"] <= 1 for m in result["mining"].values())
+    kept = result["clustering"]["three-view"]  # the run's own mining and head selection
+    assert kept["acc"]["loss"] == pytest.approx(brief_run.metrics_["acc"])
+    assert kept["picks"]["loss"] == brief_run.metrics_["best_head"]
+    assert [e["entropy_weight"] for e in result["entropy"]] == [2.0, 5.0]
+    hits = probes.best_head_hits([result])
+    assert all(total == 4 + 1 for _, total in hits.values())  # weight 5 is knn's own
+    assert "| run | K | q | mining | purity" in (tmp_path / "probes-t.md").read_text()

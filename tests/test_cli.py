@@ -178,7 +178,7 @@ def test_help_states_the_settings_order(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "the defaults, then --preset, then the --config file" in out
+    assert "the defaults, then --method, then --preset, then the --config file" in out
     assert "then the flags and --set" in out
 
 
@@ -250,3 +250,26 @@ def test_predict_warns_when_it_resizes_images(brief_run, tmp_path, capsys) -> No
 def test_predict_output_that_is_a_folder(brief_run, tmp_path, capsys) -> None:
     assert main(["predict", str(brief_run.run_dir_), str(tmp_path), "--output", str(tmp_path)]) == 2
     assert f"smcluster: error: {tmp_path} is a folder: name a CSV file" in capsys.readouterr().err
+
+
+def test_method_flag_gives_the_method_and_explicit_flags_still_win() -> None:
+    from smcluster.api import build_config
+
+    def config_of(argv: list[str]) -> Config:
+        args = build_parser().parse_args(["fit", *argv])
+        return build_config(
+            args.clusters,
+            preset_name=args.preset,
+            config=args.config,
+            overrides=fit_overrides(args),
+            method_name=args.method,
+        )
+
+    paper = config_of(["--method", "paper", "--preset", "demo"])
+    assert (paper.features.model, paper.mining.method) == ("paper", "three-view")
+    scan = config_of(["--method", "scan"])
+    assert (scan.features.model, scan.mining.method) == ("simclr", "knn")
+    mixed = config_of(["--method", "scan", "--mining", "fused", "--set", "mining.q=5"])
+    assert (mixed.features.model, mixed.mining.method, mixed.mining.q) == ("simclr", "fused", 5)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fit", "--method", "nope"])

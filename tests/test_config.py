@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from smcluster import config as config_module
 from smcluster.config import PRESETS, Config, nested_settings, preset
+from smcluster.stages.clustering import HEAD_SELECTION
 from smcluster.stages.features import FEATURE_MODELS, MINING_FEATURES
-from smcluster.stages.mining import BACKEND_CHOICES, MINING_METHODS
+from smcluster.stages.mining import BACKEND_CHOICES, MINING_METHODS, NEIGHBOUR_WEIGHTS
 from smcluster.stages.neighbours import INDEXES, SCORERS
 
 
@@ -258,6 +259,9 @@ def test_fuzz_config_files(clean_outcome, text: str) -> None:
         (config_module.FeatureModel, FEATURE_MODELS),
         (config_module.MiningFeatures, MINING_FEATURES),
         (config_module.MiningMethod, MINING_METHODS),
+        (config_module.NeighbourWeighting, NEIGHBOUR_WEIGHTS),
+        (config_module.HeadSelection, HEAD_SELECTION),
+        (config_module.MethodName, config_module.METHODS),
         (config_module.Agreement, SCORERS),
         (config_module.SearchBackend, BACKEND_CHOICES),
         (config_module.SearchIndex, {"auto", *INDEXES}),
@@ -276,3 +280,27 @@ def test_pretrained_backbone_sources_are_valid_settings() -> None:
     Config.from_dict({"features": {"backbone": "timm:resnet10t"}}).validate()
     with pytest.raises(ValueError, match="features.backbone"):
         Config.from_dict({"features": {"backbone": "keras:resnet"}}).validate()
+
+
+def test_every_method_is_valid_settings_and_the_paper_method_is_method_md() -> None:
+    for name in config_module.METHODS:
+        Config().updated(config_module.method(name)).validate()
+    paper = Config().updated(config_module.method("paper"))
+    assert (paper.features.model, paper.mining.method, paper.mining.strong_views) == (
+        "paper",
+        "three-view",
+        1,
+    )
+    assert (paper.clustering.head_selection, paper.clustering.entropy_weight) == ("loss", 5.0)
+    scan = Config().updated(config_module.method("scan"))
+    assert (scan.features.model, scan.mining.method) == ("simclr", "knn")
+    with pytest.raises(ValueError, match="unknown method 'nope'; choose one of"):
+        config_module.method("nope")
+
+
+def test_fusion_weights_round_trip_and_must_not_all_be_zero(tmp_path) -> None:
+    config = Config().updated({"mining": {"method": "fused", "fusion_weights": [2, 1, 0]}})
+    config.save(tmp_path / "c.yaml")
+    assert Config.load(tmp_path / "c.yaml").mining.fusion_weights == (2.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="mining.fusion_weights must be three weights >= 0"):
+        Config().updated({"mining": {"fusion_weights": [0, 0, 0]}}).validate()

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -102,3 +103,26 @@ def test_self_label_loss_uses_only_confident_images() -> None:
 def test_self_label_loss_without_confident_images_is_zero() -> None:
     loss, count = self_label_loss(torch.zeros(4, 3), torch.randn(4, 3, requires_grad=True))
     assert count == 0 and float(loss.detach()) == 0.0
+
+
+def test_weighted_scan_loss_with_unit_weights_is_the_plain_loss() -> None:
+    torch.manual_seed(0)
+    anchor, neighbour = torch.randn(3, 8, 5), torch.randn(3, 8, 5)
+    plain = scan_loss(anchor, neighbour, 2.0)
+    unit = scan_loss(anchor, neighbour, 2.0, torch.ones(8))
+    for a, b in zip(plain, unit, strict=True):
+        assert torch.allclose(a, b)
+
+
+def test_weighted_scan_loss_matches_a_hand_computation() -> None:
+    """Two anchors, two clusters: p = (0.8, 0.2), (0.3, 0.7); neighbours (0.6, 0.4), (0.1, 0.9);
+    weights 3 and 1: consistency = -(3 log 0.56 + log 0.66) / 4, entropy of the anchors' mean
+    prediction (0.55, 0.45) unchanged by the weights."""
+    anchor = torch.tensor([[0.8, 0.2], [0.3, 0.7]]).log()
+    neighbour = torch.tensor([[0.6, 0.4], [0.1, 0.9]]).log()
+    total, consistency, spread = scan_loss(anchor, neighbour, 5.0, torch.tensor([3.0, 1.0]))
+    expected = -(3 * math.log(0.8 * 0.6 + 0.2 * 0.4) + math.log(0.3 * 0.1 + 0.7 * 0.9)) / 4
+    entropy_ = -(0.55 * math.log(0.55) + 0.45 * math.log(0.45))
+    assert consistency.item() == pytest.approx(expected, rel=1e-5)
+    assert spread.item() == pytest.approx(entropy_, rel=1e-5)
+    assert total.item() == pytest.approx(expected - 5.0 * entropy_, rel=1e-5)

@@ -239,3 +239,30 @@ def test_variants_reuse_one_feature_model(demo_run: SMCluster, tmp_path) -> None
     other = SMCluster(10, preset="demo", out=tmp_path / "other", features__epochs=1)
     with pytest.raises(ValueError, match="features settings differ"):
         other.fit("digits", features_from=demo_run.run_dir_)
+
+
+def test_fused_weighted_mining_runs_and_every_head_selection_is_recorded(tmp_path) -> None:
+    model = SMCluster(
+        10,
+        preset="demo",
+        out=tmp_path / "run",
+        features__epochs=0,
+        mining__method="fused",
+        mining__weighting="fused",
+        mining__strong_views=2,
+        mining__warmup_epochs=1,
+        clustering__epochs=2,
+        clustering__feature_views=1,
+        clustering__head_selection="agreement",
+        run__report=False,
+        run__progress=False,
+    ).fit("digits")
+    folder = RunFolder(model.run_dir_)
+    weights = folder.load_array("neighbour_weights")
+    assert weights.shape == folder.load_array("neighbours").shape
+    assert ((weights > 0) & (weights < 1)).all()
+    m = model.metrics_
+    assert m["head_selection"] == "agreement"
+    assert set(m["selected_heads"]) == {"loss", "agreement", "confidence", "consensus"}
+    assert m["best_head"] == m["selected_heads"]["agreement"]
+    assert {"agreement", "confidence", "consensus", "acc"} <= set(m["heads"][0])

@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 from lightning_fabric import Fabric
+from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from tqdm.auto import tqdm
 
-from smcluster.config import ClusteringConfig
+from smcluster.config import ClusteringConfig, HeadSelection
 from smcluster.engine import Shard, batch_indices, seed_everything, stage_seed
 from smcluster.losses import entropy, scan_loss, self_label_loss
 from smcluster.metrics import cluster_accuracy
@@ -82,9 +83,13 @@ def train_scan(
     checkpoint: dict[str, Any] | None = None,
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
+    weights: Tensor | None = None,
 ) -> nn.Module:
     """Minimise the SCAN loss of every head (summed) with ``stage3_optimizer``; returns the
     unwrapped model.
+
+    ``weights`` (N x q, like ``neighbours``) weight each sampled (anchor, neighbour) pair in
+    the consistency term (``losses.scan_loss``; fused mining's ``mining.weighting``).
 
     ``lr`` is ``config.lr`` (SCAN's 1e-4) when a backbone is trained with the heads and
     ``config.frozen_lr`` for heads alone on stored features.
@@ -125,7 +130,10 @@ def train_scan(
             inputs = fetch(torch.cat([idx, partners]))
             logits = wrapped(inputs)
             anchor, neighbour = logits.chunk(2, dim=1)
-            total, consistency, spread = scan_loss(anchor, neighbour, config.entropy_weight)
+            pair_weights = None if weights is None else weights[idx, pick]
+            total, consistency, spread = scan_loss(
+                anchor, neighbour, config.entropy_weight, pair_weights
+            )
             loss = total.sum()
             optimizer.zero_grad(set_to_none=True)
             if fabric is not None:
@@ -168,6 +176,7 @@ def train_heads_on_embeddings(
     checkpoint: dict[str, Any] | None = None,
     on_epoch_end: EpochCallback | None = None,
     progress: bool = True,
+    weights: Tensor | None = None,
 ) -> ClusteringModel:
     """``train_scan`` for heads alone on stored features of V views (V x N x E, or N x E for
     one view; a tensor or a numpy array such as a memory-mapped .npy, read batch by batch).
@@ -190,6 +199,7 @@ def train_heads_on_embeddings(
         checkpoint=checkpoint,
         on_epoch_end=on_epoch_end,
         progress=progress,
+        weights=weights,
     )
     heads.fold_input_shift(shift)
     return model
@@ -270,7 +280,12 @@ def score_heads(
     seed: int = 0,
     budget: int = SCORE_BUDGET,
 ) -> list[dict[str, float]]:
-    """Every head's SCAN loss over the data set (SCAN's head-selection criterion).
+    """Every head's SCAN loss over the data set and the other head-selection criteria.
+
+    Per head: ``total`` / ``consistency`` / ``entropy`` (SCAN's loss, METHOD.md, Stage 3) and
+    the label-free criteria of ``HEAD_SELECTION``: ``agreement`` (share of (image, neighbour)
+    pairs with the same argmax), ``confidence`` (mean top probability) and ``consensus``
+    (mean NMI of the head's assignments with each other head's).
 
     All heads are scored in one pass over chunks of anchors: each chunk's anchors and their
     neighbours are read from ``embeddings`` (N x E) and their probabilities computed, the
@@ -290,7 +305,9 @@ def score_heads(
     rng = np.random.default_rng(seed)
     mass = torch.zeros(h, c, dtype=torch.float64)
     consistency = torch.zeros(h, dtype=torch.float64)
-    predicted = np.empty((h, n), dtype=np.int64) if labels is not None else None
+    agreement = torch.zeros(h, dtype=torch.float64)
+    confidence = torch.zeros(h, dtype=torch.float64)
+    predicted = np.empty((h, n), dtype=np.int32)
     for start in range(0, n, rows):
         partners = nb[start : start + rows]
         if used < q:
@@ -305,26 +322,75 @@ def score_heads(
         dots = torch.einsum("hrc,hrqc->hrq", anchor, partner).clamp_min(1e-7)
         consistency -= dots.log().sum(dim=(1, 2)).double().cpu()
         mass += anchor.sum(dim=1).double().cpu()
-        if predicted is not None:
-            predicted[:, start : start + r] = anchor.argmax(dim=-1).cpu().numpy()
+        top, own = anchor.max(dim=-1)
+        confidence += top.sum(dim=1).double().cpu()
+        same = own.unsqueeze(-1) == partner.argmax(dim=-1)
+        agreement += same.sum(dim=(1, 2)).double().cpu()
+        predicted[:, start : start + r] = own.cpu().numpy()
     consistency /= n * used
+    agreement /= n * used
+    confidence /= n
     spread = entropy(mass / n)
+    consensus = head_consensus(predicted)
     scores = []
     for i in range(h):
         score = {
             "total": float(consistency[i] - entropy_weight * spread[i]),
             "consistency": float(consistency[i]),
             "entropy": float(spread[i]),
+            "agreement": float(agreement[i]),
+            "confidence": float(confidence[i]),
+            "consensus": consensus[i],
         }
-        if predicted is not None:
+        if labels is not None:
             score["acc"] = cluster_accuracy(labels, predicted[i])
         scores.append(score)
     return scores
 
 
-def select_head(heads: ClusterHeads, losses: list[dict[str, float]]) -> int:
-    """Keep the head with the lowest total loss and record it in ``heads``."""
-    best = min(range(len(losses)), key=lambda h: losses[h]["total"])
+def head_consensus(predicted: np.ndarray) -> list[float]:
+    """Each head's mean NMI with every other head's assignments (H x N cluster ids in), a
+    stability criterion: heads that land in the partition most heads agree on score high.
+    One head has nothing to agree with: 1.0."""
+    h = len(predicted)
+    nmi = np.eye(h)
+    for a in range(h):
+        for b in range(a + 1, h):
+            nmi[a, b] = nmi[b, a] = normalized_mutual_info_score(predicted[a], predicted[b])
+    return [float((nmi[i].sum() - 1) / (h - 1)) if h > 1 else 1.0 for i in range(h)]
+
+
+HeadScores = list[dict[str, float]]
+
+
+def _lowest(key: str) -> Callable[[HeadScores], int]:
+    return lambda scores: min(range(len(scores)), key=lambda h: scores[h][key])
+
+
+def _highest(key: str) -> Callable[[HeadScores], int]:
+    return lambda scores: max(range(len(scores)), key=lambda h: scores[h][key])
+
+
+# Label-free head-selection criteria on ``score_heads``' output; "loss" is SCAN's and
+# METHOD.md's (Stage 3), the others are ours (METHOD.md, "Decisions where the paper is
+# silent"): the lowest loss missed the best head by up to 15 ACC points in one run.
+HEAD_SELECTION: dict[HeadSelection, Callable[[HeadScores], int]] = {
+    "loss": _lowest("total"),
+    "agreement": _highest("agreement"),
+    "confidence": _highest("confidence"),
+    "consensus": _highest("consensus"),
+}
+
+
+def selected_heads(scores: HeadScores) -> dict[str, int]:
+    """The head every criterion of ``HEAD_SELECTION`` would keep (recorded with the run, so a
+    benchmark can count how often each picks the head with the best ACC)."""
+    return {name: pick(scores) for name, pick in HEAD_SELECTION.items()}
+
+
+def select_head(heads: ClusterHeads, scores: HeadScores, criterion: HeadSelection = "loss") -> int:
+    """Keep the head ``criterion`` (a key of ``HEAD_SELECTION``) picks; record it in ``heads``."""
+    best = HEAD_SELECTION[criterion](scores)
     heads.select(best)
     return best
 

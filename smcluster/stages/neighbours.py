@@ -37,8 +37,10 @@ __all__ = [
     "filter_by_agreement",
     "filter_by_strong_view",
     "find_neighbours",
+    "fuse_views",
     "instance_view",
     "knn_recall",
+    "keep_best",
     "knn_search",
     "mine_knn",
     "neighbour_purity",
@@ -533,6 +535,81 @@ def filter_by_agreement(
     scorer = SCORERS[score]
     width = p.shape[1] if score == "dot" else 1
     return _chunked_keep(cand, keep, width, lambda a, c: scorer(p, a, c))
+
+
+def _row_zscores(s: np.ndarray) -> np.ndarray:
+    """Each row standardised (mean 0, std 1); a constant row (no evidence) becomes zeros."""
+    centred = s - s.mean(axis=1, keepdims=True)
+    std = centred.std(axis=1, keepdims=True)
+    return np.divide(centred, std, out=np.zeros_like(centred), where=std > 1e-12)
+
+
+def fuse_views(
+    candidates: np.ndarray,
+    instance_similarities: np.ndarray,
+    features: np.ndarray,
+    strong_features: np.ndarray | None,
+    probabilities: np.ndarray | None,
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    agreement: str = "dot",
+) -> np.ndarray:
+    """Fused score of every candidate (N x K float32): the three views as evidence.
+
+    Ours, not the paper's (METHOD.md, "Decisions where the paper is silent"). Per anchor i
+    and candidate j of its pool: the instance similarity f_i . f_j, the strong-view similarity
+    f(a_i) . f_j (``filter_by_strong_view``'s score; ``strong_features`` may be the mean of
+    several strong views, which averages that similarity) and the weak-view agreement
+    (``filter_by_agreement``'s score) are each standardised over the anchor's K candidates
+    and summed with ``weights`` (instance, strong, weak). A view given as None, or weighted
+    0, adds nothing. The paper's successive cuts drop a candidate on one view's say; here a
+    candidate that one view ranks low can stay when the others rank it high.
+    """
+    f = _features(features, "features")
+    cand = _check_candidates(candidates, f.shape[0], 1)
+    sims = np.asarray(instance_similarities, dtype=np.float32)
+    if sims.shape != cand.shape:
+        raise ValueError(
+            f"instance_similarities has shape {sims.shape} but candidates {cand.shape}; "
+            "give one similarity per candidate"
+        )
+    use_strong = strong_features is not None and weights[1] != 0
+    fs = _features(strong_features, "strong_features") if use_strong else None
+    if fs is not None and fs.shape != f.shape:
+        raise ValueError(
+            f"strong_features has shape {fs.shape} but features has {f.shape}; "
+            "give one strong-view feature per image"
+        )
+    p = None if probabilities is None or weights[2] == 0 else np.asarray(probabilities)
+    if agreement not in SCORERS:
+        raise ValueError(f"unknown agreement score {agreement!r}; choose one of {sorted(SCORERS)}")
+    n, k = cand.shape
+    width = f.shape[1] + (0 if p is None else p.shape[1])
+    step = max(1, _GATHER_BUDGET // max(1, k * width))
+    out = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, step):
+        c = cand[start : start + step]
+        anchors = np.arange(start, start + c.shape[0])
+        fused = weights[0] * _row_zscores(sims[start : start + step])
+        if fs is not None:
+            strong = np.einsum("ckd,cd->ck", f[c], fs[anchors])
+            fused = fused + weights[1] * _row_zscores(strong)
+        if p is not None:
+            fused = fused + weights[2] * _row_zscores(SCORERS[agreement](p, anchors, c))
+        out[start : start + step] = fused
+    return out
+
+
+def keep_best(
+    candidates: np.ndarray, scores: np.ndarray, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` best-scored candidates of each row and their scores, best first (ties
+    keep the candidates' order): int64 (N, keep), float32 (N, keep)."""
+    cand = _check_candidates(candidates, len(candidates), keep)
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.shape != cand.shape:
+        raise ValueError(f"scores has shape {scores.shape} but candidates {cand.shape}")
+    order = np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :keep]
+    return np.take_along_axis(cand, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def _column_hits(neighbours: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from smcluster.stages.clustering import (
     head_probabilities,
     score_heads,
     select_head,
+    selected_heads,
     self_label_on_embeddings,
     stage3_optimizer,
     train_heads_on_embeddings,
@@ -273,3 +274,57 @@ def test_stages_2_and_3_on_precomputed_embeddings_recover_planted_clusters(tmp_p
     # Measured 0.96 with neighbour purity 0.87; chance is about 0.05 for 20 clusters.
     assert cluster_accuracy(labels, predicted) > 0.85
     assert scores[best]["acc"] == cluster_accuracy(labels, predicted)
+
+
+def heads_giving(probabilities: list[list[list[float]]]) -> tuple[ClusterHeads, torch.Tensor]:
+    """Heads whose soft assignments are exactly ``probabilities`` (H x N x C): each image's
+    input is the log-probabilities of every head side by side, and head h reads its block."""
+    p = torch.tensor(probabilities)
+    h, n, c = p.shape
+    heads = ClusterHeads(h * c, c, h)
+    with torch.no_grad():
+        heads.weight.zero_()
+        heads.bias.zero_()
+        for i in range(h):
+            heads.weight[i, :, i * c : (i + 1) * c] = torch.eye(c)
+    return heads, p.log().permute(1, 0, 2).reshape(n, h * c)
+
+
+PAIRS = torch.tensor([[1], [0], [3], [2]])  # images 0 and 1 are neighbours, and 2 and 3
+
+
+def test_head_selection_criteria_pick_the_expected_heads_on_hand_made_probabilities() -> None:
+    """Head 0 splits the pairs apart softly (its neighbours agree), head 1 is confident but
+    cuts every pair, head 2 lies between the two partitions (it agrees most with the others)."""
+    heads, x = heads_giving(
+        [
+            [[0.6, 0.4], [0.6, 0.4], [0.4, 0.6], [0.4, 0.6]],
+            [[0.99, 0.01], [0.01, 0.99], [0.99, 0.01], [0.01, 0.99]],
+            [[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.1, 0.9]],
+        ]
+    )
+    scores = score_heads(heads, x, PAIRS, 5.0)
+    assert [s["agreement"] for s in scores] == pytest.approx([1.0, 0.0, 0.5])
+    assert [s["confidence"] for s in scores] == pytest.approx([0.6, 0.99, 0.9])
+    consensus = [s["consensus"] for s in scores]
+    assert consensus[0] == pytest.approx(consensus[1]) and consensus[2] == pytest.approx(
+        2 * consensus[0]
+    )
+    picks = {"loss": 0, "agreement": 0, "confidence": 1, "consensus": 2}
+    assert selected_heads(scores) == picks
+    for criterion, head in picks.items():
+        assert select_head(heads, scores, criterion) == head == int(heads.best_head)
+
+
+def test_neighbour_agreement_can_overrule_the_lowest_loss() -> None:
+    """Head 1's confident first pair gives it the lower SCAN loss although its second pair is
+    split; head 0 keeps both pairs together."""
+    heads, x = heads_giving(
+        [
+            [[0.51, 0.49], [0.51, 0.49], [0.49, 0.51], [0.49, 0.51]],
+            [[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.55, 0.45]],
+        ]
+    )
+    scores = score_heads(heads, x, PAIRS, 5.0)
+    assert scores[1]["total"] < scores[0]["total"]
+    assert selected_heads(scores)["loss"] == 1 and selected_heads(scores)["agreement"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from smcluster.config import Config
@@ -126,3 +127,111 @@ def test_three_view_mining_composes_instance_strong_and_weak_views(monkeypatch) 
 def test_images_needed_counts_the_candidates() -> None:
     assert images_needed(Config.from_dict({"mining": {"method": "knn", "q": 7}})) == 8
     assert images_needed(Config.from_dict({"mining": {"method": "three-view", "q": 7}})) == 29
+    assert images_needed(Config.from_dict({"mining": {"method": "fused", "q": 7}})) == 29
+
+
+def views_that_disagree(strong_noise: float = 2.5, weak_signal: float = 1.5, n: int = 400):
+    """Four classes whose plain features are noisy (plain kNN is impure), a strong view with
+    noise of its own (its errors differ from the instance view's) and weak-view predictions
+    that know the class only loosely; each view alone ranks many wrong candidates high."""
+    classes = 4
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % classes
+    centres = 2.0 * rng.normal(size=(classes, 16))
+    features = (centres[labels] + 2.5 * rng.normal(size=(n, 16))).astype(np.float32)
+    strong = (centres[labels] + strong_noise * rng.normal(size=(n, 16))).astype(np.float32)
+    logits = weak_signal * np.eye(classes)[labels] + rng.normal(size=(n, classes))
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return features, strong, torch.from_numpy(probabilities.astype(np.float32)), labels
+
+
+def fused_config(q: int, weights=(1.0, 1.0, 1.0), weighting: str = "none") -> Config:
+    settings = {
+        "n_clusters": 4,
+        "mining": {"method": "fused", "q": q, "fusion_weights": list(weights)},
+        "run": {"progress": False},
+    }
+    settings["mining"]["weighting"] = weighting
+    return Config.from_dict(settings).validate()
+
+
+def mine_fused_with(monkeypatch, config: Config, features, strong, probabilities):
+    """Fused mining with the weak-view head replaced by planted predictions."""
+    trained_on: list[np.ndarray] = []
+
+    def fake_head(weak_embeddings, candidates, config, device, on_epoch_end=None, checkpoint=None):
+        trained_on.append(np.array(candidates))
+        return None, probabilities
+
+    monkeypatch.setattr(mining_module, "warm_up_head", fake_head)
+    embeddings = torch.from_numpy(features)[None]
+    result = MINING_METHODS["fused"](
+        MiningInputs(features, lambda: strong, lambda: embeddings, config)
+    )
+    return result, trained_on
+
+
+def test_fused_mining_is_purer_than_plain_knn_where_the_views_disagree(monkeypatch) -> None:
+    features, strong, probabilities, labels = views_that_disagree()
+    q = 10
+    result, trained_on = mine_fused_with(
+        monkeypatch, fused_config(q), features, strong, probabilities
+    )
+    knn = MINING_METHODS["knn"](inputs_for(features, strong, q))
+    assert np.array_equal(result.knn, knn.neighbours)
+    assert np.array_equal(trained_on[0], knn.neighbours), "the head trains on the top q"
+    fused, plain = (
+        neighbour_purity(result.neighbours, labels),
+        neighbour_purity(knn.neighbours, labels),
+    )
+    assert fused > plain + 0.05, (fused, plain)
+    for i in range(len(labels)):
+        assert set(result.neighbours[i]) <= set(result.steps["instance"][i])
+    assert result.weights is None
+
+
+def test_fused_mining_keeps_plain_knn_purity_where_successive_cuts_lose_it(monkeypatch) -> None:
+    """Weak strong and weak views (the benchmarks' case): the paper's cuts fall below plain
+    kNN, the fusion does not."""
+    features, strong, probabilities, labels = views_that_disagree(8.0, 0.4)
+    q = 10
+    result, _ = mine_fused_with(monkeypatch, fused_config(q), features, strong, probabilities)
+    plain = neighbour_purity(result.knn, labels)
+    three_view = MINING_METHODS["three-view"](
+        MiningInputs(features, lambda: strong, lambda: None, fused_config(q))
+    )
+    assert neighbour_purity(three_view.neighbours, labels) < plain
+    assert neighbour_purity(result.neighbours, labels) >= plain
+
+
+def test_fused_mining_with_only_the_instance_view_is_plain_knn(monkeypatch) -> None:
+    features, strong, probabilities, _ = views_that_disagree()
+    config = fused_config(10, weights=(1.0, 0.0, 0.0))
+    result, trained_on = mine_fused_with(monkeypatch, config, features, strong, probabilities)
+    assert trained_on == [], "a view weighted 0 is not computed"
+    assert np.array_equal(result.neighbours, result.knn)
+
+
+def test_fused_weighting_gives_each_kept_neighbour_a_weight_that_falls_with_its_rank(
+    monkeypatch,
+) -> None:
+    features, strong, probabilities, labels = views_that_disagree()
+    config = fused_config(10, weighting="fused")
+    result, _ = mine_fused_with(monkeypatch, config, features, strong, probabilities)
+    w = result.weights
+    assert w.shape == result.neighbours.shape and w.dtype == np.float32
+    assert ((w > 0) & (w < 1)).all() and (np.diff(w, axis=1) <= 0).all()
+    same = labels[result.neighbours] == labels[:, None]
+    assert w[same].mean() > w[~same].mean()
+
+
+def inputs_for(features: np.ndarray, strong: np.ndarray, q: int) -> MiningInputs:
+    config = Config.from_dict(
+        {"n_clusters": 4, "mining": {"method": "knn", "q": q}, "run": {"progress": False}}
+    ).validate()
+    return MiningInputs(features, lambda: strong, lambda: None, config)
+
+
+def test_neighbour_weighting_needs_fused_mining() -> None:
+    with pytest.raises(ValueError, match="mining.weighting='fused'.*mining.method=fused"):
+        Config.from_dict({"mining": {"method": "knn", "weighting": "fused"}}).validate()
