@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from smcluster.budget import settle_explicit_epochs
 from smcluster.config import Config, load_settings, nested_settings, preset
 from smcluster.data import ImageSet, load_dataset
 from smcluster.data.embeddings import Embeddings, check_ids, check_vectors
@@ -42,22 +43,24 @@ def build_config(
     is the demo preset with the file's changes. A ``Config`` object holds every setting, so it
     replaces the defaults and cannot be combined with a preset.
     """
+    if isinstance(config, Config) and preset_name is not None:
+        raise ValueError(
+            f"a Config object holds every setting, so preset {preset_name!r} would change "
+            f"nothing: pass config=Config().updated(preset({preset_name!r})) instead"
+        )
+    explicit = [overrides or {}]  # what the user named, for settle_explicit_epochs
     if isinstance(config, Config):
-        if preset_name is not None:
-            raise ValueError(
-                f"a Config object holds every setting, so preset {preset_name!r} would change "
-                f"nothing: pass config=Config().updated(preset({preset_name!r})) instead"
-            )
         base = config
     else:
         base = Config().updated(preset(preset_name)) if preset_name is not None else Config()
         if config is not None:
-            base = base.updated(load_settings(config))
+            explicit.append(load_settings(config))
+            base = base.updated(explicit[-1])
     if overrides:
         base = base.updated(overrides)
     if n_clusters is not None:
         base = base.updated({"n_clusters": n_clusters})
-    return base.validate()
+    return settle_explicit_epochs(base.validate(), explicit)
 
 
 def as_imageset(X: Any, y: Any = None, config: Config | None = None) -> ImageSet:

@@ -29,6 +29,7 @@ from lightning_fabric import Fabric
 from torch import nn
 
 from smcluster.augment import ViewMaker
+from smcluster.budget import fit_budget
 from smcluster.config import Config
 from smcluster.data import ImageSet, load_dataset
 from smcluster.data.embeddings import Embeddings, load_embeddings
@@ -190,6 +191,7 @@ def run_pipeline(
     ``features_from`` names a finished run with the same data, augmentation, feature and seed
     settings whose stage 1 is reused, so variants of stages 2 and 3 share one feature model.
     """
+    started = time.perf_counter()
     config, notes = resolve_for_source(config.validate())
     config = resolve_config(out, config, resume=resume)
     if resume and RunFolder(out).finished():
@@ -211,6 +213,11 @@ def run_pipeline(
         memory = check_embeddings_memory(config, embeddings, fabric.device)
         if log is not None and fabric.is_global_zero:
             log(memory)
+    plan = None
+    if not resume:
+        say_first = log if (log is not None and fabric.is_global_zero) else (lambda _: None)
+        spent = time.perf_counter() - started
+        config, plan = fit_budget(config, data, fabric, spent, say_first)
     folder = RunFolder(out, writer=fabric.is_global_zero)
     embeddings_in_memory = config.data.embeddings == IN_MEMORY
     if embeddings_in_memory:
@@ -259,6 +266,9 @@ def run_pipeline(
             "on a CPU start from a small preset (smcluster presets: demo, cpu-*)"
         )
     progress = folder.load_progress()
+    if plan is not None:
+        progress.budget = plan.record()
+        folder.save_progress(progress)
     views = ViewMaker(**config.to_dict()["augment"])
     clock = StageClock(folder, progress)
     run = RunContext(config, data, embeddings, items, fabric, folder, views, say, progress, clock)
