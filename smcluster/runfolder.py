@@ -42,6 +42,7 @@ FILES = {
     "metrics": "metrics.json",
     "images": "images.npz",
     "input_embeddings": "input-embeddings.npz",
+    "image_cache": "images-cache.npy",
 }
 
 OUTPUTS = ("probabilities", "metrics", "assignments")
