@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from smcluster.budget import settle_explicit_epochs
 from smcluster.config import Config, load_settings, method, nested_settings, preset
 from smcluster.data import ImageSet, load_dataset
 from smcluster.data.embeddings import Embeddings, check_ids, check_vectors
@@ -47,6 +48,7 @@ def build_config(
     is the demo preset with the file's changes. A ``Config`` object holds every setting, so it
     replaces the defaults and cannot be combined with a preset.
     """
+    explicit = [overrides or {}]  # what the user named, for settle_explicit_epochs
     if isinstance(config, Config):
         if preset_name is not None:
             raise ValueError(
@@ -64,12 +66,13 @@ def build_config(
         if preset_name is not None:
             base = base.updated(preset(preset_name))
         if config is not None:
-            base = base.updated(load_settings(config))
+            explicit.append(load_settings(config))
+            base = base.updated(explicit[-1])
     if overrides:
         base = base.updated(overrides)
     if n_clusters is not None:
         base = base.updated({"n_clusters": n_clusters})
-    return base.validate()
+    return settle_explicit_epochs(base.validate(), explicit)
 
 
 def as_imageset(X: Any, y: Any = None, config: Config | None = None) -> ImageSet:

@@ -32,6 +32,8 @@ SETTINGS_ORDER = (
 
 def fit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Map the fit flags onto nested config overrides (only the flags that were given)."""
+    from smcluster.budget import parse_duration
+
     flags = {
         "data.source": args.data,
         "data.image_size": args.image_size,
@@ -60,6 +62,7 @@ def fit_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "run.precision": args.precision,
         "run.report": args.report,
         "run.progress": False if args.quiet else None,
+        "run.time_budget": None if args.time_budget is None else parse_duration(args.time_budget),
     }
     settings = {key: value for key, value in flags.items() if value is not None}
     if args.embeddings is not None and args.data is None:
@@ -234,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--image-size", type=int)
     fit.add_argument("--channels", type=int, choices=[1, 3])
     fit.add_argument("--epochs", type=int, help="stage-1 epochs")
+    fit.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="how long the whole run may take (90s, 20m, 1.5h): a short calibration chooses "
+        "the stage-1 epochs (up to the preset's or default epochs); not with --epochs",
+    )
     fit.add_argument("--cluster-epochs", type=int, help="stage-3 epochs")
     fit.add_argument("--batch-size", type=int, help="stage-1 batch size")
     fit.add_argument("--neighbours", type=int, help="q, the neighbours per image")

@@ -29,9 +29,12 @@ from lightning_fabric import Fabric
 from torch import nn
 
 from smcluster.augment import ViewMaker
+from smcluster.budget import fit_budget
 from smcluster.config import Config
 from smcluster.data import ImageSet, load_dataset
+from smcluster.data.cache import ResizeCost, cache_fits, open_image_cache, write_image_cache
 from smcluster.data.embeddings import Embeddings, load_embeddings
+from smcluster.data.imageset import FileImageSet
 from smcluster.engine import make_fabric, seed_everything, stage_seed
 from smcluster.memory import check_memory, estimate_memory, format_bytes
 from smcluster.metrics import evaluate, knn_accuracy
@@ -108,6 +111,25 @@ def load_data(config: Config) -> ImageSet:
     return load_dataset(
         d.source, image_size=d.image_size, channels=d.channels, root=d.root, download=d.download
     )
+
+
+def _images_resized_once(
+    data: ImageSet | None, folder: RunFolder, fabric: Fabric, say: Callable[[str], None]
+) -> tuple[ImageSet | None, ResizeCost | None]:
+    """The images at the working size, decoded and resized once (``data.cache``): a lazy set
+    of files is mapped from the run's image cache, written first if absent; the cost of that,
+    or of the resize at load, is said and returned (None when nothing was done now)."""
+    if isinstance(data, FileImageSet) and cache_fits(data, folder.path("image_cache")):
+        path, cost = folder.path("image_cache"), None
+        if folder.writer and not path.exists():
+            folder.root.mkdir(parents=True, exist_ok=True)
+            cost = write_image_cache(data, path)
+            say(cost.line(f"{len(data)} files decoded and resized into {path.name}"))
+        fabric.barrier()
+        return open_image_cache(data, path), cost
+    if data is not None and data.resize_cost is not None:
+        say(data.resize_cost.line(f"{len(data)} images resized"))
+    return data, None if data is None else data.resize_cost
 
 
 def check_data(data: ImageSet | Embeddings, config: Config) -> None:
@@ -191,6 +213,7 @@ def run_pipeline(
     ``features_from`` names a finished run with the same data, augmentation, feature and seed
     settings whose stage 1 is reused, so variants of stages 2 and 3 share one feature model.
     """
+    started = time.perf_counter()
     config, notes = resolve_for_source(config.validate())
     config = resolve_config(out, config, resume=resume)
     if resume and RunFolder(out).finished():
@@ -213,6 +236,12 @@ def run_pipeline(
         if log is not None and fabric.is_global_zero:
             log(memory)
     folder = RunFolder(out, writer=fabric.is_global_zero)
+    say_first = log if (log is not None and fabric.is_global_zero) else (lambda _: None)
+    data, resized = _images_resized_once(data, folder, fabric, say_first)
+    plan = None
+    if not resume:
+        spent = time.perf_counter() - started
+        config, plan = fit_budget(config, data, fabric, spent, say_first)
     embeddings_in_memory = config.data.embeddings == IN_MEMORY
     if embeddings_in_memory:
         stored_at = str(folder.path("input_embeddings").resolve())
@@ -260,6 +289,11 @@ def run_pipeline(
             "on a CPU start from a small preset (smcluster presets: demo, cpu-*)"
         )
     progress = folder.load_progress()
+    if plan is not None:
+        progress.budget = plan.record()
+    if resized is not None:
+        progress.image_cache = resized.record()
+    folder.save_progress(progress)
     views = ViewMaker(**config.to_dict()["augment"])
     clock = StageClock(folder, progress)
     run = RunContext(config, data, embeddings, items, fabric, folder, views, say, progress, clock)

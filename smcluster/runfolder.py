@@ -43,6 +43,7 @@ FILES = {
     "metrics": "metrics.json",
     "images": "images.npz",
     "input_embeddings": "input-embeddings.npz",
+    "image_cache": "images-cache.npy",
 }
 
 OUTPUTS = ("probabilities", "metrics", "assignments")
@@ -81,12 +82,16 @@ class Progress:
 
     ``seconds`` per stage summed over every process that worked on the run, stage 2's
     diagnostics of its intermediate neighbour sets (not kept as arrays), and whether the
-    outputs were written; so a resumed run reports what an unbroken one would.
+    outputs were written; so a resumed run reports what an unbroken one would. ``budget``:
+    what a time budget's calibration measured and chose (``budget.Plan.record``);
+    ``image_cache``: what resizing the images to the working size once cost.
     """
 
     seconds: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
+    budget: dict[str, Any] = field(default_factory=dict)
+    image_cache: dict[str, Any] = field(default_factory=dict)
 
 
 class RunFolder:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from smcluster.budget import with_run_eta
 from smcluster.config import Config, stage1_training
 from smcluster.data.embeddings import Embeddings
 from smcluster.engine import seed_everything
@@ -150,12 +151,16 @@ def trained_source(run: RunContext) -> StageOne:
         model.load_state_dict(final["model"])
         model = model.to(run.fabric.device)
     else:
+        on_epoch_end = run.epoch_checkpoints("features", "features")
+        if config.run.progress:
+            later = run.progress.budget.get("later_seconds")
+            on_epoch_end = with_run_eta(on_epoch_end, config.features.epochs, later, run.say)
         model = train_features(
             data,
             config,
             run.fabric,
             checkpoint=folder.resume_point("features"),
-            on_epoch_end=run.epoch_checkpoints("features", "features"),
+            on_epoch_end=on_epoch_end,
         )
         folder.save_checkpoint(
             "features",

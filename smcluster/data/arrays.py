@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from smcluster.data.cache import ResizeCost
 from smcluster.data.imageset import TensorImageSet, check_image_size, check_labels
 from smcluster.data.pixels import convert_and_resize
 
@@ -26,7 +28,7 @@ def from_arrays(
     order R, G, B; a uint8 ``N x C x H x W`` torch tensor is also taken as is.
     ``image_size=None`` keeps the native size (which must then be square); ``channels=None``
     keeps the native channel count. Conversion and resizing happen once, here, in chunks
-    (``pixels.convert_and_resize``).
+    (``pixels.convert_and_resize``); what that cost is the set's ``resize_cost``.
     """
     tensor = _nchw_from_tensor(images, name) if torch.is_tensor(images) else _nchw(images, name)
     n, native_channels, height, width = tensor.shape
@@ -40,8 +42,18 @@ def from_arrays(
         )
     image_size = height if image_size is None else check_image_size(image_size, name)
     labels = check_labels(labels, n, name)
-    tensor = convert_and_resize(tensor, target_channels, image_size)
-    return TensorImageSet(tensor, name=name, labels=labels, class_names=class_names)
+    started = time.perf_counter()
+    resized = convert_and_resize(tensor, target_channels, image_size)
+    images = TensorImageSet(resized, name=name, labels=labels, class_names=class_names)
+    if resized.shape != tensor.shape:
+        images.resize_cost = ResizeCost(
+            native=f"{native_channels} x {height} x {width} px",
+            working=f"{target_channels} x {image_size} px",
+            seconds=time.perf_counter() - started,
+            bytes_before=tensor.numel(),
+            bytes_after=resized.numel(),
+        )
+    return images
 
 
 def _nchw(array: np.ndarray, name: str) -> torch.Tensor:

@@ -16,7 +16,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from torch.utils.data import Dataset
 
 from smcluster.data.pixels import read_image
 from smcluster.data.strings import StringTable
+
+if TYPE_CHECKING:
+    from smcluster.data.cache import ResizeCost
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ class ImageSet(Dataset, ABC):
     class_names: list[str] | None
     channels: int
     image_size: int
+    resize_cost: ResizeCost | None = None
+    """What bringing the images to ``image_size`` once at load cost (None: nothing was done)."""
 
     def __init__(
         self,

@@ -246,12 +246,14 @@ def train_features(
     *,
     checkpoint: dict[str, Any] | None = None,
     on_epoch_end: EpochCallback | None = None,
+    on_step: Callable[[], bool] | None = None,
 ) -> nn.Module:
     """Train the configured feature model on ``data`` and return it (unwrapped).
 
     ``checkpoint`` (from ``on_epoch_end``'s state) resumes after its last finished epoch; each
     epoch draws from its own seed, so a resumed run sees the augmentations an unbroken one
-    would have seen.
+    would have seen. ``on_step`` is called after every step; True stops the training there
+    (a time budget's calibration times steps with it, ``budget``).
     """
     f = config.features
     seed_everything(config.run.seed)
@@ -298,6 +300,8 @@ def train_features(
             if targets is not None and fabric.world_size > 1:
                 targets = fabric.all_gather(targets).reshape(-1, targets.shape[-1])
             model.after_step(step + 1, total, targets)
+            if on_step is not None and on_step():
+                return model
             seen += len(images) * fabric.world_size
             loss_sum += float(loss.detach())
             elapsed = time.perf_counter() - started
