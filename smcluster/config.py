@@ -141,6 +141,8 @@ class ClusteringConfig:
     the few confident images of weak features and lost clusters (benchmarks/README.md).
     ``feature_views`` is how many weak views per image are stored for the frozen path.
     ``weight_decay`` is decoupled from the gradient (AdamW; ``stages.clustering.stage3_optimizer``).
+    ``score_sample``: head selection scores each image against this many of its q neighbours
+    (an unbiased estimate for 1 + score_sample passes instead of 1 + q; None: all q).
     """
 
     entropy_weight: float = 5.0
@@ -157,6 +159,7 @@ class ClusteringConfig:
     self_label_threshold: float = 0.99
     self_label_lr: float = 1e-4
     frozen_self_label_lr: float = 1e-3
+    score_sample: int | None = None
 
 
 @dataclass
@@ -490,6 +493,7 @@ RANGES: dict[str, Range] = {
     "clustering.self_label_threshold": Range(0, 1, low_open=True, high_open=True),
     "clustering.self_label_lr": POSITIVE,
     "clustering.frozen_self_label_lr": POSITIVE,
+    "clustering.score_sample": AT_LEAST_1,
     "run.threads": AT_LEAST_1,
     "run.devices": AT_LEAST_1,
     "run.num_nodes": AT_LEAST_1,
