@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from smcluster.autoconfig import AUTO, AutoChoice, Machine, choose, data_shape, without
+from smcluster.autoconfig import (
+    AUTO,
+    AutoChoice,
+    Machine,
+    choose,
+    data_shape,
+    dotted,
+    without,
+)
 from smcluster.config import Config, load_settings, merge, nested_settings, preset
 from smcluster.data import ImageSet, load_dataset
 from smcluster.data.embeddings import Embeddings, check_ids, check_vectors
@@ -84,7 +92,10 @@ def build_settings(
         given = Config().updated(explicit).validate()
         machine = machine or Machine.detect(given.run.accelerator)
         chosen = choose(machine, data_shape(given, data), given.n_clusters)
-        choice = AutoChoice(without(chosen.overrides, explicit), chosen.reasons)
+        kept = without(chosen.overrides, explicit)
+        yours = sorted(set(dotted(chosen.overrides)) - set(dotted(kept)))
+        mine = [f"auto: your settings win over it: {', '.join(yours)}"] if yours else []
+        choice = AutoChoice(kept, (*chosen.reasons, *mine))
         layer = choice.overrides
     else:
         layer = preset(preset_name) if preset_name is not None else {}

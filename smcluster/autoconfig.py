@@ -139,7 +139,8 @@ def frozen_settings(n: int, n_clusters: int) -> dict[str, Any]:
     """Stage-2/3 settings for N stored features and C clusters (the frozen path).
 
     - q = N / (2 C) clamped to 5..20: with ~N/C images per cluster, more neighbours than
-      half a cluster are mostly from other clusters (SCAN's 20 assumes >= 40 per cluster).
+      half a cluster are mostly from other clusters (SCAN's 20 assumes >= 40 per cluster);
+      at most (N - 1) / 4, so three-view mining finds its 4q candidates.
     - batch = 2 C clamped to 512..4096: the entropy term spreads a batch's mean prediction
       over C clusters, which a batch smaller than C cannot do with confident predictions.
     - heads and epochs: a budget of 4 x 10^9 image x head x cluster passes (anchor and
@@ -151,7 +152,7 @@ def frozen_settings(n: int, n_clusters: int) -> dict[str, Any]:
     - head scoring samples 1 of the q neighbours per image above 10^5 images (each
       neighbour scored costs a pass over the data set; the estimate is unbiased).
     """
-    q = int(min(20, max(5, n // (2 * n_clusters))))
+    q = int(min(20, max(5, n // (2 * n_clusters)), max(1, (n - 1) // 4)))
     batch = int(min(4096, max(512, 2 * n_clusters)))
     passes = 4e9 / n_clusters
     heads = int(min(10, max(1, passes / (n * 20))))
@@ -282,6 +283,15 @@ def without(overrides: dict[str, Any], explicit: dict[str, Any]) -> dict[str, An
         elif key not in explicit:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def dotted(settings: dict[str, Any], where: str = "") -> list[str]:
+    """The dotted names of the leaf settings of nested overrides."""
+    names: list[str] = []
+    for key, value in settings.items():
+        name = f"{where}.{key}" if where else key
+        names += dotted(value, name) if isinstance(value, dict) else [name]
+    return names
 
 
 def _npz_shape(path: Path, field: str) -> tuple[int, ...] | None:
