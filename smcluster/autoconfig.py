@@ -263,7 +263,10 @@ def _choose_gpu_images(machine: Machine, data: DataShape, n_clusters: int) -> Au
 
 
 def choose(machine: Machine, data: DataShape, n_clusters: int) -> AutoChoice:
-    """The ``auto`` preset for this machine, data and cluster count (see module docstring)."""
+    """The ``auto`` preset for this machine, data and cluster count (see module docstring).
+    Empty data gets nothing (the loader refuses it with its own message)."""
+    if data.n < 1:
+        return AutoChoice({}, ())
     if data.features_given:
         return _choose_features_given(machine, data, n_clusters)
     if machine.device == "cuda":
@@ -361,39 +364,38 @@ def embeddings_shape(path: str | Path) -> tuple[int, int] | None:
 
 def data_shape(config: Config, data: Any = None) -> DataShape:
     """The shape of the data ``config`` names, or of ``data`` given in memory (an ImageSet,
-    ``Embeddings``, or an array: N x D floats, or images N x H x W [x C]).
+    ``Embeddings``, a source string, or an array: N x D floats, or images N x H x W [x C]).
 
-    A ValueError when it cannot be read: the shape is what auto sizes everything from.
+    Headers first; a source whose header does not tell is loaded (its loader then says what
+    is wrong with it, or the shape comes from the loaded set).
     """
     frozen = stage1_training(config.features) == "frozen"
-    what = "the data"
-    if isinstance(data, (str, Path)):
-        found = source_shape(str(data))
-        if found is not None:
-            return DataShape(*found, frozen=frozen)
-        what = f"the data {data}"
-    elif data is not None:
-        if hasattr(data, "image_size") and hasattr(data, "channels"):
-            s = data.image_size
-            return DataShape(len(data), s, s, data.channels, frozen=frozen)
-        vectors = getattr(data, "vectors", data)
-        shape = tuple(np.shape(vectors))
-        if len(shape) == 2:
-            return DataShape(shape[0], dim=shape[1])
-        found = _image_array_shape(shape)
-        if found is not None:
-            return DataShape(*found, frozen=frozen)
-    elif config.data.embeddings is not None:
+    if data is None and config.data.embeddings is not None:
         found = embeddings_shape(config.data.embeddings)
-        if found is not None:
-            return DataShape(found[0], dim=found[1])
-        what = f"the embeddings file {config.data.embeddings}"
-    elif config.data.source is not None:
-        found = source_shape(config.data.source)
+        if found is None:
+            from smcluster.data.embeddings import load_embeddings
+
+            found = load_embeddings(config.data.embeddings).vectors.shape
+        return DataShape(found[0], dim=found[1])
+    source = data if data is not None else config.data.source
+    if isinstance(source, (str, Path)):
+        found = source_shape(str(source))
         if found is not None:
             return DataShape(*found, frozen=frozen)
-        what = f"the data {config.data.source}"
-    raise ValueError(
-        f"--preset auto could not read the shape of {what}: "
-        "check the path, or choose a named preset (smcluster presets)"
-    )
+        from smcluster.data import load_dataset
+
+        d = config.data
+        data = load_dataset(str(source), root=d.root, download=d.download, lazy=None)
+    if hasattr(data, "image_size") and hasattr(data, "channels"):
+        s = data.image_size
+        return DataShape(len(data), s, s, data.channels, frozen=frozen)
+    shape = tuple(np.shape(getattr(data, "vectors", data)))
+    if len(shape) == 2:
+        return DataShape(shape[0], dim=shape[1])
+    found = _image_array_shape(shape)
+    if found is None:
+        raise ValueError(
+            f"auto cannot size settings for data of shape {shape}: give images N x H x W "
+            "[x C], embeddings N x D, or a named preset"
+        )
+    return DataShape(*found, frozen=frozen)
