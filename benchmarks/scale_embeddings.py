@@ -66,33 +66,13 @@ def mixture(path: Path, n: int, seed: int = 0, chunk: int = 100_000) -> None:
 
 
 def frozen_settings(n: int, n_clusters: int) -> dict[str, Any]:
-    """The stage-2/3 settings for N embeddings and C clusters (the frozen path's "auto").
+    """The stage-2/3 settings smcluster's ``auto`` preset chooses for N embeddings and C
+    clusters (``smcluster.autoconfig.frozen_settings``), flattened: q, index, batch_size,
+    heads, epochs, score_sample."""
+    from smcluster.autoconfig import frozen_settings as chosen
 
-    - q = N / (2 C) clamped to 5..20: with ~N/C images per cluster, more neighbours than
-      half a cluster are mostly from other clusters (SCAN's 20 assumes >= 40 per cluster).
-    - batch = 2 C clamped to 512..4096: the entropy term spreads a batch's mean prediction
-      over C clusters, which a batch smaller than C cannot do with confident predictions.
-    - heads and epochs: a budget of 4 x 10^9 image x head x cluster passes (anchor and
-      neighbour; the cost of a step grows with C): at least 20 epochs per head before a
-      second head is added, 1..10 heads (METHOD.md's 10 at most) and 5..100 epochs. At
-      C = 1,000 that is 10 heads x 40 epochs at 10^4, 2 x 20 at 10^5, 1 x 5 at 10^6 (a few
-      minutes on 2 cores each); at C = 10 it is METHOD.md's 10 x 100 up to 4 x 10^5 images.
-    - head scoring samples 1 of the q neighbours per image above 10^5 images (each
-      neighbour scored costs a forward pass over the data set; the estimate is unbiased).
-    """
-    q = int(min(20, max(5, n // (2 * n_clusters))))
-    batch = int(min(4096, max(512, 2 * n_clusters)))
-    passes = 4e9 / n_clusters
-    heads = int(min(10, max(1, passes / (n * 20))))
-    epochs = int(min(100, max(5, passes / (n * heads))))
-    return {
-        "q": q,
-        "batch_size": batch,
-        "heads": heads,
-        "epochs": epochs,
-        "index": "auto",
-        "score_sample": 1 if n > 100_000 else None,
-    }
+    settings = chosen(n, n_clusters)
+    return {**settings["mining"], **settings["clustering"]}
 
 
 def _files(work: Path, n: int) -> dict[str, Path]:

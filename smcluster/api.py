@@ -19,8 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from smcluster.autoconfig import (
+    AUTO,
+    AutoChoice,
+    Machine,
+    choose,
+    data_shape,
+    dotted,
+    without,
+)
 from smcluster.budget import settle_explicit_epochs
-from smcluster.config import Config, load_settings, method, nested_settings, preset
+from smcluster.config import Config, load_settings, merge, method, nested_settings, preset
 from smcluster.data import ImageSet, load_dataset
 from smcluster.data.embeddings import Embeddings, check_ids, check_vectors
 from smcluster.data.imageset import check_labels
@@ -46,11 +55,37 @@ def build_config(
 
     A YAML file overrides only the settings it names, so ``--config tuned.yaml --preset demo``
     is the demo preset with the file's changes. A ``Config`` object holds every setting, so it
-    replaces the defaults and cannot be combined with a preset.
+    replaces the defaults and cannot be combined with a named preset (``auto`` is ignored).
+    ``preset_name="auto"`` reads the data's shape from the source the settings name
+    (``build_settings`` also takes data in memory and returns what auto chose).
     """
-    explicit = [overrides or {}]  # what the user named, for settle_explicit_epochs
+    return build_settings(
+        n_clusters,
+        preset_name=preset_name,
+        config=config,
+        overrides=overrides,
+        method_name=method_name,
+    )[0]
+
+
+def build_settings(
+    n_clusters: int | None = None,
+    *,
+    preset_name: str | None = None,
+    config: Config | str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    data: Any = None,
+    machine: Machine | None = None,
+    method_name: str | None = None,
+) -> tuple[Config, AutoChoice | None]:
+    """``build_config`` with the ``auto`` preset's choice (None for other presets).
+
+    ``auto`` is the preset layer: it is chosen (``autoconfig.choose``) from ``machine``
+    (detected when None), the shape of ``data`` (or of the source the settings name) and the
+    cluster count, and every setting the config file or the overrides name is left out of it.
+    """
     if isinstance(config, Config):
-        if preset_name is not None:
+        if preset_name not in (None, AUTO):
             raise ValueError(
                 f"a Config object holds every setting, so preset {preset_name!r} would change "
                 f"nothing: pass config=Config().updated(preset({preset_name!r})) instead"
@@ -60,19 +95,29 @@ def build_config(
                 f"a Config object holds every setting, so method {method_name!r} would change "
                 f"nothing: pass config=Config().updated(method({method_name!r})) instead"
             )
-        base = config
-    else:
-        base = Config().updated(method(method_name)) if method_name is not None else Config()
-        if preset_name is not None:
-            base = base.updated(preset(preset_name))
-        if config is not None:
-            explicit.append(load_settings(config))
-            base = base.updated(explicit[-1])
-    if overrides:
-        base = base.updated(overrides)
+        base = config.updated(overrides or {})
+        if n_clusters is not None:
+            base = base.updated({"n_clusters": n_clusters})
+        return base.validate(), None
+    explicit = load_settings(config) if config is not None else {}
+    explicit = merge(explicit, overrides or {})
     if n_clusters is not None:
-        base = base.updated({"n_clusters": n_clusters})
-    return settle_explicit_epochs(base.validate(), explicit)
+        explicit = merge(explicit, {"n_clusters": n_clusters})
+    choice = None
+    if preset_name == AUTO:
+        given = Config().updated(explicit).validate()
+        machine = machine or Machine.detect(given.run.accelerator)
+        chosen = choose(machine, data_shape(given, data), given.n_clusters)
+        kept = without(chosen.overrides, explicit)
+        yours = sorted(set(dotted(chosen.overrides)) - set(dotted(kept)))
+        mine = [f"auto: your settings win over it: {', '.join(yours)}"] if yours else []
+        choice = AutoChoice(kept, (*chosen.reasons, *mine))
+        layer = choice.overrides
+    else:
+        layer = preset(preset_name) if preset_name is not None else {}
+    base = Config().updated(method(method_name)) if method_name is not None else Config()
+    config = base.updated(layer).updated(explicit).validate()
+    return settle_explicit_epochs(config, [explicit]), choice
 
 
 def as_imageset(X: Any, y: Any = None, config: Config | None = None) -> ImageSet:
@@ -115,7 +160,10 @@ class SMCluster:
     n_clusters: number of clusters C.
     method: a named method (``smcluster.config.METHODS``): ``"paper"`` (METHOD.md exactly),
         ``"scan"`` (SimCLR + kNN) or ``"best"``; under the preset, config and overrides.
-    preset: a named preset (``smcluster.config.PRESETS``), e.g. ``"demo"`` or ``"cpu-mnist"``.
+    preset: ``"auto"`` (the default: settings chosen from the machine, the data's shape and
+        n_clusters, ``smcluster.autoconfig``; any other setting given wins over it), a named
+        preset (``smcluster.config.PRESETS``), e.g. ``"demo"`` or ``"cpu-mnist"``, or None
+        (the METHOD.md defaults).
     config: the path of a YAML file (its settings override the preset's), or a ``Config``
         (every setting; not together with ``preset``).
     out: the run folder; a fresh temporary folder when omitted.
@@ -129,7 +177,7 @@ class SMCluster:
         self,
         n_clusters: int = 10,
         *,
-        preset: str | None = None,
+        preset: str | None = AUTO,
         config: Config | str | Path | None = None,
         out: str | Path | None = None,
         method: str | None = None,
@@ -142,13 +190,18 @@ class SMCluster:
         self.out = out
         self.settings = settings
 
-    def get_config(self) -> Config:
-        return build_config(
+    def get_config(self, X: Any = None) -> Config:
+        """The settings ``fit(X)`` runs with (``auto`` sized for ``X`` when given)."""
+        return self._settings(X)[0]
+
+    def _settings(self, X: Any, *, resume: bool = False) -> tuple[Config, AutoChoice | None]:
+        return build_settings(
             self.n_clusters,
-            preset_name=self.preset,
+            preset_name=None if resume and self.preset == AUTO else self.preset,
             config=self.config,
             overrides=nested_settings(self.settings),
             method_name=self.method,
+            data=X,
         )
 
     def fit(
@@ -166,8 +219,8 @@ class SMCluster:
         ``resume`` continues an interrupted run in ``out``; ``features_from`` reuses the
         stage 1 of an earlier run with the same settings.
         """
-        config = self.get_config()
         data, embeddings = None, as_embeddings(X, y)
+        config, choice = self._settings(X if embeddings is None else embeddings, resume=resume)
         if embeddings is not None:
             config = config.updated({"data": {"source": None, "embeddings": IN_MEMORY}})
         else:
@@ -188,6 +241,7 @@ class SMCluster:
             data=data,
             embeddings=embeddings,
             features_from=features_from,
+            auto=choice,
         )
         self.labels_ = result.labels
         self.probabilities_ = result.probabilities

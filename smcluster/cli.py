@@ -7,6 +7,7 @@ smcluster predict runs/demo new_images/ --output predictions.csv
 smcluster export runs/demo --to sorted/
 smcluster report runs/demo
 smcluster presets
+smcluster presets auto --data omniglot.npz --clusters 964
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from typing import Any
 
 import yaml
 
+from smcluster.autoconfig import AUTO
 from smcluster.config import METHODS, PRESETS, MiningMethod, load_yaml, nested_settings, preset
 
 SETTINGS_ORDER = (
     "Settings apply in this order, later ones winning: the defaults, then --method, then "
-    "--preset, then the --config file (only the settings it names), then the flags and --set."
+    "--preset, then the --config file (only the settings it names), then the flags and --set. "
+    "The default preset, auto, is chosen from the machine, the data's shape and the cluster "
+    "count."
 )
 
 
@@ -76,12 +80,12 @@ def fit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from smcluster.api import build_config
+    from smcluster.api import build_settings
     from smcluster.pipeline import run_pipeline
 
-    config = build_config(
+    config, choice = build_settings(
         args.clusters,
-        preset_name=args.preset,
+        preset_name=None if args.resume and args.preset == AUTO else args.preset,
         config=args.config,
         overrides=fit_overrides(args),
         method_name=args.method,
@@ -90,7 +94,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         args.out or Path("runs") / f"{Path(config.data.source).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     )
     result = run_pipeline(
-        config, out, resume=args.resume, log=_log, features_from=args.features_from
+        config, out, resume=args.resume, log=_log, features_from=args.features_from, auto=choice
     )
     if result.folder.writer:
         _print_metrics(result.metrics, result.folder.root)
@@ -161,10 +165,32 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    if args.name == AUTO:
+        return _show_auto(args)
     names = [args.name] if args.name else sorted(PRESETS)
     for name in names:
         print(f"# {name}")
         print(yaml.safe_dump(preset(name), sort_keys=False))
+    if not args.name:
+        print(f"# {AUTO} (the default): smcluster presets auto --data DATA --clusters K")
+    return 0
+
+
+def _show_auto(args: argparse.Namespace) -> int:
+    """What ``--preset auto`` would choose for this data, machine and cluster count."""
+    from smcluster.api import build_settings
+
+    if args.data is None and args.embeddings is None:
+        raise ValueError("presets auto needs the data: --data DATA or --embeddings FILE")
+    given = {"data.source": args.data, "data.embeddings": args.embeddings}
+    if args.backbone is not None:
+        given["features.backbone"] = args.backbone
+    overrides = nested_settings({k: v for k, v in given.items()}, separator=".")
+    _, choice = build_settings(args.clusters, preset_name=AUTO, overrides=overrides)
+    print(f"# {AUTO}")
+    for line in choice.reasons:
+        print(f"# {line}")
+    print(yaml.safe_dump(choice.overrides, sort_keys=False), end="")
     return 0
 
 
@@ -183,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="YAML file of settings (see `smcluster presets`); overrides --preset"
     )
     fit.add_argument(
-        "--preset", choices=sorted(PRESETS), help="named settings, under --config and flags"
+        "--preset",
+        choices=[AUTO, *sorted(PRESETS)],
+        default=AUTO,
+        help="named settings, under --config and flags (default auto: chosen from the machine, "
+        "the data's shape and --clusters; see `smcluster presets auto`)",
     )
     fit.add_argument("--data", help="digits | FILE.npz | IMAGE_FOLDER | cifar10 | stl10 | ...")
     fit.add_argument("--clusters", type=int, help="number of clusters C")
@@ -296,8 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run", type=Path)
     rp.set_defaults(func=cmd_report)
 
-    ps = sub.add_parser("presets", help="show the named settings")
-    ps.add_argument("name", nargs="?", choices=sorted(PRESETS))
+    ps = sub.add_parser(
+        "presets", help="show the named settings, or what auto chooses for some data"
+    )
+    ps.add_argument("name", nargs="?", choices=[AUTO, *sorted(PRESETS)])
+    ps.add_argument("--data", help="auto: the data (as for fit)")
+    ps.add_argument("--embeddings", metavar="FILE", help="auto: precomputed features")
+    ps.add_argument("--clusters", type=int, help="auto: number of clusters C")
+    ps.add_argument("--backbone", help="auto: a pretrained source sizes the frozen path")
     ps.set_defaults(func=cmd_presets)
     return parser
 

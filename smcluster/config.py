@@ -155,6 +155,8 @@ class ClusteringConfig:
     ``head_selection``: the label-free criterion that picks the kept head
     (``stages.clustering.HEAD_SELECTION``); "loss", the lowest total SCAN loss, is SCAN's and
     METHOD.md's.
+    ``score_sample``: head selection scores each image against this many of its q neighbours
+    (an unbiased estimate for 1 + score_sample passes instead of 1 + q; None: all q).
     """
 
     entropy_weight: float = 5.0
@@ -172,6 +174,7 @@ class ClusteringConfig:
     self_label_threshold: float = 0.99
     self_label_lr: float = 1e-4
     frozen_self_label_lr: float = 1e-3
+    score_sample: int | None = None
 
 
 @dataclass
@@ -518,6 +521,7 @@ RANGES: dict[str, Range] = {
     "clustering.self_label_threshold": Range(0, 1, low_open=True, high_open=True),
     "clustering.self_label_lr": POSITIVE,
     "clustering.frozen_self_label_lr": POSITIVE,
+    "clustering.score_sample": AT_LEAST_1,
     "run.threads": AT_LEAST_1,
     "run.devices": AT_LEAST_1,
     "run.num_nodes": AT_LEAST_1,

@@ -5,24 +5,46 @@ Each term is the bytes one thing holds, the stage it is live in ("all" for thing
 the start to the end) and the setting that shrinks it. The peak is the largest sum over one
 stage plus the "all" terms: the stages run one after another. Memory-mapped files count in
 the table (their pages are resident while read) but not against the check, since the kernel
-can drop them and read them again. More terms (image models, their activations) are more
-rows of the same table.
+can drop them and read them again. Image models add rows of the same table
+(``image_model_terms``): the network's states, its activations (measured once by a forward
+pass on PyTorch's "meta" device, which computes shapes and no numbers), the views, the queue.
+
+``available_memory`` honours /proc/meminfo, cgroup limits, the process's RLIMIT_AS and
+RLIMIT_DATA, and ``SMCLUSTER_MEMORY_LIMIT`` (bytes, or with a K/M/G suffix), an override for
+machines whose limits smcluster cannot read (and for tests: an RLIMIT_AS low enough to stop a
+run also stops torch from mapping its libraries).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smcluster.config import Config
 
 __all__ = [
     "MemoryTerm",
     "available_memory",
     "check_memory",
     "estimate_memory",
+    "fit_batch_to_memory",
     "format_bytes",
+    "image_model_terms",
     "peak_memory",
 ]
+
+LIMIT_ENV = "SMCLUSTER_MEMORY_LIMIT"
+ACTIVATION_FACTOR = 2.0
+"""Bytes autograd keeps per byte of layer outputs in a training step (saved inputs of
+convolutions, BatchNorm and ReLU masks, the gradients of the largest layers while they flow);
+benchmarks/memory_estimate.py measures the estimate against peak RSS."""
+VIEW_COPIES = 6
+"""Float copies of a batch of images while the two views are made (input, crops, colour ops)."""
 
 FLOAT, INDEX = 4, 8
 # Resident memory of a process that has imported smcluster's stages, torch and faiss.
@@ -168,11 +190,61 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def available_memory(proc: str | Path = "/proc", cgroup: str | Path = "/sys/fs/cgroup") -> int:
-    """Bytes this process can still use: /proc/meminfo's MemAvailable, or less when a cgroup
-    (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) limits it, minus what the group uses.
-    Without either (not Linux), ``psutil`` if installed, else 0 (unknown)."""
+def parse_bytes(text: str) -> int:
+    """``"8G"``, ``"512M"``, ``"1048576"`` -> bytes; a ValueError naming ``LIMIT_ENV``."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    value = text.strip().upper().removesuffix("B")
+    scale = units.get(value[-1:], 1)
+    number = value[:-1] if value[-1:] in units else value
+    try:
+        return int(float(number) * scale)
+    except ValueError:
+        raise ValueError(
+            f"{LIMIT_ENV}={text!r} is not a size: give bytes or a number with K, M or G"
+        ) from None
+
+
+def _process_sizes(proc: Path) -> dict[str, int]:
+    """VmSize and VmData of this process in bytes (/proc/self/status)."""
+    sizes: dict[str, int] = {}
+    try:
+        for line in (proc / "self" / "status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmSize", "VmData") and value.split():
+                sizes[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return sizes
+
+
+def _rlimits() -> dict[str, int]:
+    """Soft RLIMIT_AS and RLIMIT_DATA in bytes, where set."""
+    try:
+        import resource
+    except ImportError:
+        return {}
+    limits = {"VmSize": resource.RLIMIT_AS, "VmData": resource.RLIMIT_DATA}
+    found = {key: resource.getrlimit(which)[0] for key, which in limits.items()}
+    return {k: v for k, v in found.items() if v != resource.RLIM_INFINITY and v >= 0}
+
+
+def available_memory(
+    proc: str | Path = "/proc",
+    cgroup: str | Path = "/sys/fs/cgroup",
+    rlimits: dict[str, int] | None = None,
+) -> int:
+    """Bytes this process can still use: the least of /proc/meminfo's MemAvailable, a cgroup
+    limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) minus what the group uses, a
+    process limit (RLIMIT_AS less the process's virtual size, RLIMIT_DATA less its data size;
+    ``rlimits`` maps "VmSize"/"VmData" to a limit, default this process's) and
+    ``SMCLUSTER_MEMORY_LIMIT``. Without any (not Linux), ``psutil`` if installed, else 0
+    (unknown)."""
     candidates: list[int] = []
+    if os.environ.get(LIMIT_ENV):
+        candidates.append(parse_bytes(os.environ[LIMIT_ENV]))
+    sizes = _process_sizes(Path(proc))
+    for key, limit in (_rlimits() if rlimits is None else rlimits).items():
+        candidates.append(max(0, limit - sizes.get(key, 0)))
     try:
         for line in (Path(proc) / "meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -212,3 +284,164 @@ def check_memory(estimate: list[MemoryTerm], available: int | None = None) -> tu
         f"{format_bytes(room)} is available; the largest part is the {biggest.name} at "
         f"{format_bytes(biggest.nbytes)}: change {biggest.setting}"
     )
+
+
+@functools.cache
+def _network_bytes(backbone: str, channels: int, size: int, width: int, small_stem: bool):
+    """(bytes of layer outputs for one image, parameter count, feature size) of a built-in
+    backbone, from one forward pass on the meta device (shapes only, no memory, no time)."""
+    import torch
+
+    from smcluster.models.backbones import build_backbone
+
+    with torch.device("meta"):
+        net = build_backbone(backbone, channels, width=width, small_stem=small_stem)
+    total = 0
+
+    def count(module, inputs, output) -> None:
+        nonlocal total
+        total += output.numel() * output.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if not list(m.children())]
+    with torch.no_grad():
+        net(torch.empty(1, channels, size, size, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    return total, sum(p.numel() for p in net.parameters()), net.out_dim
+
+
+def image_model_terms(config: Config, n: int, channels: int, size: int) -> list[MemoryTerm]:
+    """The terms of a run that trains an image model (stage 1, and stage 3 when it fine-tunes
+    the backbone) for ``n`` images of ``channels`` channels at ``size`` px (METHOD.md,
+    Stage 1), followed by stages 2-3 on its stored features (``estimate_memory``).
+
+    Activations: the layer outputs of one image times ``ACTIVATION_FACTOR``, for the two views
+    of a batch through the online network (the target network runs without gradients, one
+    BatchNorm group at a time). A pretrained backbone (its size is not known here) counts no
+    model terms.
+    """
+    from smcluster.config import stage1_training
+    from smcluster.models.pretrained import is_pretrained
+
+    f, c, m = config.features, config.clustering, config.mining
+    b = min(f.batch_size, n)
+    k = 4 * m.q if m.method == "three-view" else m.q
+    terms = [
+        MemoryTerm(
+            "images in memory (N x C x S x S uint8)",
+            n * channels * size * size,
+            "all",
+            "data.image_size",
+        )
+    ]
+    embedding_dim = 512
+    if not is_pretrained(f.backbone):
+        per_image, params, embedding_dim = _network_bytes(
+            f.backbone, channels, size, f.width, f.small_stem
+        )
+        heads = embedding_dim * f.projector_hidden + 2 * f.projector_hidden * f.out_dim
+        online = params + heads + f.out_dim * f.predictor_hidden
+        batch_setting = "features.batch_size (or data.image_size, features.backbone)"
+        if stage1_training(f) != "frozen":
+            terms += [
+                MemoryTerm(
+                    "feature model (online weights, gradients, momentum; target weights)",
+                    (3 * online + params + heads) * FLOAT,
+                    "features",
+                    "features.backbone or features.width",
+                ),
+                MemoryTerm(
+                    "activations (2 views x batch x layer outputs per image x "
+                    f"{ACTIVATION_FACTOR:g})",
+                    int(ACTIVATION_FACTOR * 2 * b * per_image),
+                    "features",
+                    batch_setting,
+                ),
+                MemoryTerm(
+                    f"augmented views ({VIEW_COPIES} float copies of the batch)",
+                    VIEW_COPIES * b * channels * size * size * FLOAT,
+                    "features",
+                    batch_setting,
+                ),
+                MemoryTerm(
+                    "queue and its logits (queue x out_dim; 2 views x batch x queue x 3)",
+                    (f.queue_length * f.out_dim + 6 * b * (f.queue_length + 1)) * FLOAT,
+                    "features",
+                    "features.queue_length",
+                ),
+                MemoryTerm(
+                    "BatchNorm groups (per-group outputs, concatenated)",
+                    2 * 2 * b * (f.projector_hidden + f.out_dim) * FLOAT,
+                    "features",
+                    "features.batch_size",
+                ),
+            ]
+        if c.update_backbone:
+            terms.append(
+                MemoryTerm(
+                    "stage-3 backbone activations (anchors and neighbours x batch)",
+                    int(ACTIVATION_FACTOR * 2 * min(c.batch_size, n) * per_image)
+                    + 4 * params * FLOAT,
+                    "clustering",
+                    "clustering.batch_size (or data.image_size)",
+                )
+            )
+    terms.append(
+        MemoryTerm(
+            "stage-1 features (N x out_dim)", n * f.out_dim * FLOAT, "all", "features.out_dim"
+        )
+    )
+    terms += estimate_memory(
+        n,
+        embedding_dim,
+        k,
+        config.n_clusters,
+        c.heads,
+        c.feature_views,
+        batch_size=c.batch_size,
+        embeddings_mapped=False,
+        probabilities_in_memory=True,
+    )
+    return terms
+
+
+def fit_batch_to_memory(
+    config: Config,
+    n: int,
+    channels: int,
+    size: int,
+    *,
+    adjustable: bool,
+    available: int | None = None,
+) -> tuple[Config, str]:
+    """The memory guard of an image run, before any work: the estimated peak
+    (``image_model_terms``) against the memory available.
+
+    When it does not fit and the peak is stage 1 (or stage 3 fine-tuning the backbone) and
+    ``adjustable`` (the batch was chosen by ``auto``, not by the user), the batch is halved
+    until it fits (at least 8); otherwise a ValueError names the setting to change with the
+    numbers (``check_memory``). Returns the configuration to run and a line saying what it
+    takes (and what was lowered).
+    """
+    room = available_memory() if available is None else available
+    lowered = ""
+    while True:
+        terms = image_model_terms(config, n, channels, size)
+        stage, need = peak_memory(terms, reclaimable=False)
+        section = {"features": "features", "clustering": "clustering"}.get(stage)
+        batch = getattr(config, section).batch_size if section else 0
+        if room <= 0 or need <= room or not adjustable or section is None or batch <= 8:
+            break
+        if section == "clustering" and not config.clustering.update_backbone:
+            break
+        smaller = max(8, batch // 2)
+        lowered = lowered or f"{section}.batch_size {batch}"
+        config = config.updated({section: {"batch_size": smaller}})
+        lowered_to = smaller
+    stage, need = check_memory(terms, room)
+    line = f"memory: about {format_bytes(need)} at the peak ({stage} stage)"
+    if lowered:
+        line += (
+            f"; auto lowered {lowered} -> {lowered_to} to fit the {format_bytes(room)} available"
+        )
+    return config, line

@@ -29,6 +29,7 @@ from lightning_fabric import Fabric
 from torch import nn
 
 from smcluster.augment import ViewMaker
+from smcluster.autoconfig import AutoChoice
 from smcluster.budget import fit_budget
 from smcluster.config import Config
 from smcluster.data import ImageSet, load_dataset
@@ -36,7 +37,7 @@ from smcluster.data.cache import ResizeCost, cache_fits, open_image_cache, write
 from smcluster.data.embeddings import Embeddings, load_embeddings
 from smcluster.data.imageset import FileImageSet
 from smcluster.engine import make_fabric, seed_everything, stage_seed
-from smcluster.memory import check_memory, estimate_memory, format_bytes
+from smcluster.memory import check_memory, estimate_memory, fit_batch_to_memory, format_bytes
 from smcluster.metrics import evaluate, knn_accuracy
 from smcluster.models import ClusterHeads
 from smcluster.runfolder import (
@@ -169,6 +170,20 @@ def check_embeddings_memory(config: Config, embeddings: Embeddings, device: torc
     return f"memory: about {format_bytes(need)} at the peak ({stage} stage)"
 
 
+def check_image_memory(
+    config: Config, data: ImageSet, device: torch.device, auto: AutoChoice | None
+) -> tuple[Config, str]:
+    """The memory guard of a run on images (``memory.fit_batch_to_memory``): a batch that
+    ``auto`` chose is lowered to fit, one the user set is an error naming it. On a GPU the
+    estimate is held against the device's free memory (the model and activations dominate)."""
+    chosen = auto.overrides if auto is not None else {}
+    adjustable = any("batch_size" in chosen.get(s, {}) for s in ("features", "clustering"))
+    room = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    return fit_batch_to_memory(
+        config, len(data), data.channels, data.image_size, adjustable=adjustable, available=room
+    )
+
+
 @dataclass
 class RunResult:
     """What a finished run returns to the API (and wrote to its folder).
@@ -204,6 +219,7 @@ def run_pipeline(
     fabric: Fabric | None = None,
     log: Callable[[str], None] | None = None,
     features_from: str | Path | None = None,
+    auto: AutoChoice | None = None,
 ) -> RunResult:
     """Run every stage for ``config``, writing the run folder ``out``; see module docstring.
 
@@ -212,6 +228,9 @@ def run_pipeline(
 
     ``features_from`` names a finished run with the same data, augmentation, feature and seed
     settings whose stage 1 is reused, so variants of stages 2 and 3 share one feature model.
+
+    ``auto``: what the ``auto`` preset chose (``autoconfig.choose``), said in the log and
+    kept in environment.json; the memory guard may lower a batch only ``auto`` chose.
     """
     started = time.perf_counter()
     config, notes = resolve_for_source(config.validate())
@@ -222,6 +241,8 @@ def run_pipeline(
         return stored_result(RunFolder(out), config)
     for note in notes if log is not None and not resume else []:
         log(f"note: {note}")
+    for line in auto.reasons if log is not None and auto is not None and not resume else []:
+        log(line)
     if data is None and config.data.source is not None:
         data = load_data(config)
     if embeddings is None and config.data.embeddings is not None:
@@ -233,8 +254,10 @@ def run_pipeline(
     fabric = fabric or make_fabric(config.run)
     if embeddings is not None:
         memory = check_embeddings_memory(config, embeddings, fabric.device)
-        if log is not None and fabric.is_global_zero:
-            log(memory)
+    elif not resume:
+        config, memory = check_image_memory(config, data, fabric.device, auto)
+    if (embeddings is not None or not resume) and log is not None and fabric.is_global_zero:
+        log(memory)
     folder = RunFolder(out, writer=fabric.is_global_zero)
     say_first = log if (log is not None and fabric.is_global_zero) else (lambda _: None)
     data, resized = _images_resized_once(data, folder, fabric, say_first)
@@ -261,7 +284,10 @@ def run_pipeline(
         if embeddings_in_memory:
             _save_embeddings(folder, embeddings)
         atomic_write(folder.path("config"), config.save)
-        folder.save_json("environment", environment(config, fabric))
+        folder.save_json(
+            "environment",
+            {**environment(config, fabric), **({"auto": auto.to_dict()} if auto else {})},
+        )
         if features_from is not None:
             reuse_features(RunFolder(features_from), folder, config)
     if resume:
@@ -399,6 +425,7 @@ def _write_outputs(
         torch.from_numpy(neighbours),
         config.clustering.entropy_weight,
         data.labels,
+        sample=config.clustering.score_sample,
     )
     best = int(clustering.heads.best_head)
     n = len(data)
@@ -495,7 +522,8 @@ def _stage_clustering(
             fetch = image_fetch(run.data, run.views.weak, device)
             train_scan(model, fetch, nb, c, lr=c.lr, fabric=run.fabric, **schedule)
         plain = _embed(model, embeddings, run)
-        best = select_head(heads, score_heads(heads, plain, nb, c.entropy_weight), c.head_selection)
+        scores = score_heads(heads, plain, nb, c.entropy_weight, sample=c.score_sample)
+        best = select_head(heads, scores, c.head_selection)
         folder.save_checkpoint("clustering", {"model": model.state_dict()})
         run.say(
             f"stage 3 (SCAN, {'frozen' if frozen else 'fine-tuned'} backbone): "

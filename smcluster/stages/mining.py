@@ -129,7 +129,9 @@ def warm_up_head(
         on_epoch_end=on_epoch_end,
         progress=config.run.progress,
     )
-    scores = score_heads(heads, weak_embeddings[0], neighbours, c.entropy_weight)
+    scores = score_heads(
+        heads, weak_embeddings[0], neighbours, c.entropy_weight, sample=c.score_sample
+    )
     best = select_head(heads, scores, c.head_selection)
     return heads, head_probabilities(heads, weak_embeddings[0], best)
 
