@@ -29,7 +29,7 @@ from smcluster.runfolder import IN_MEMORY, RunFolder
 
 
 def build_config(
-    n_clusters: int | None = None,
+    n_clusters: int | str | None = None,
     *,
     preset_name: str | None = None,
     config: Config | str | Path | None = None,
@@ -97,7 +97,8 @@ class SMCluster:
 
     Parameters
     ----------
-    n_clusters: number of clusters C.
+    n_clusters: number of clusters C, or ``"auto"`` / ``"LO:HI"`` to choose it without labels
+        in that range (``config.cluster_range``; ``"auto"`` is 2 to min(N / 5, 2000)).
     preset: a named preset (``smcluster.config.PRESETS``), e.g. ``"demo"`` or ``"cpu-mnist"``.
     config: the path of a YAML file (its settings override the preset's), or a ``Config``
         (every setting; not together with ``preset``).
@@ -105,12 +106,13 @@ class SMCluster:
     **settings: overrides, nested with ``__``: ``features__epochs=50``, ``mining__q=10``.
 
     After ``fit``: ``labels_`` (N,), ``probabilities_`` (N x C), ``metrics_`` (dict; accuracy
-    metrics only when labels were known, and then used for nothing else), ``run_dir_``.
+    metrics only when labels were known, and then used for nothing else), ``run_dir_``,
+    ``n_clusters_`` (C, the chosen number when ``n_clusters`` gave a range).
     """
 
     def __init__(
         self,
-        n_clusters: int = 10,
+        n_clusters: int | str = 10,
         *,
         preset: str | None = None,
         config: Config | str | Path | None = None,
@@ -170,6 +172,7 @@ class SMCluster:
             features_from=features_from,
         )
         self.labels_ = result.labels
+        self.n_clusters_ = result.config.n_clusters
         self.probabilities_ = result.probabilities
         self.metrics_ = result.metrics
         self.run_dir_ = result.folder.root
@@ -228,5 +231,6 @@ class SMCluster:
         folder = RunFolder(run_dir)
         model.probabilities_ = folder.load_array("probabilities")
         model.labels_ = model.probabilities_.argmax(axis=1)
+        model.n_clusters_ = fitted.config.n_clusters
         model.metrics_ = folder.load_json("metrics")
         return model

@@ -134,6 +134,32 @@ def sizes_figure(data: RunData, path: Path) -> Path:
     return _save(fig, path)
 
 
+def k_search_figure(data: RunData, path: Path) -> Path | None:
+    """The criterion that chose the number of clusters against K (``k-search.json``), the
+    chosen K marked, and the number of classes when labels exist; None without a search."""
+    search = data.k_search
+    if search is None:
+        return None
+    ks = np.asarray(search["candidates"])
+    scores = np.asarray(search["scores"][search["criterion"]])
+    chosen = int(search["chosen"])
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.plot(ks, scores, marker="o", ms=3.5, color="#4c72b0", label=search["criterion"])
+    ax.axvline(chosen, color=RIGHT, lw=1.2, label=f"chosen K = {chosen}")
+    ax.plot([chosen], [scores[list(ks).index(chosen)]], marker="o", ms=8, color=RIGHT)
+    if data.labels is not None:
+        ax.axvline(data.n_classes, color="#444", lw=0.9, ls=":", label=f"{data.n_classes} classes")
+    if ks.max() > 2 * ks.min():
+        ax.set_xscale("log")
+    lo, hi = search.get("range", [int(ks.min()), int(ks.max())])
+    ax.set_xlabel(f"number of clusters K (range {lo}:{hi})")
+    ax.set_ylabel("score (higher is better)")
+    ax.set_title(f"Choosing K: {len(ks)} values tried in {search['seconds']:.1f} s", fontsize=9.5)
+    ax.legend(frameon=False, fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(fig, path)
+
+
 def confusion_figure(data: RunData, path: Path) -> Path | None:
     """Confusion matrix after Hungarian matching, rows normalised to the class sizes."""
     if data.labels is None:
