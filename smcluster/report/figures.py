@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
 from smcluster.metrics import matched_confusion  # noqa: E402
 from smcluster.report.embedding import Embedding  # noqa: E402
@@ -151,6 +151,7 @@ def k_search_figure(data: RunData, path: Path) -> Path | None:
         ax.axvline(data.n_classes, color="#444", lw=0.9, ls=":", label=f"{data.n_classes} classes")
     if ks.max() > 2 * ks.min():
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
     lo, hi = search.get("range", [int(ks.min()), int(ks.max())])
     ax.set_xlabel(f"number of clusters K (range {lo}:{hi})")
     ax.set_ylabel("score (higher is better)")
