@@ -12,11 +12,13 @@ Features (``--features``):
 - ``pixels``: images at most 32 px (area-resized), scaled to [0, 1], centred, projected on
   their 64 leading principal axes; neighbours by ``knn_search`` (q of the data set's cpu
   preset). Cheap and weak: not the method's stage-1 features;
-- ``--run DIR``: a finished run's ``embeddings.npy`` and ``neighbours.npy``, labels from its
-  ``assignments.csv`` (its ``label`` column), the clustering settings from its ``config.yaml``.
+- ``--features-from RUN...`` (alias ``--run``): an existing run's stage-1 embeddings and
+  its plain-kNN neighbours (``--neighbours used``: its mined ones), the run need not have
+  finished (``run_inputs``); labels from its ``assignments.csv`` or its data source, the
+  clustering settings from its ``config.yaml``.
 
     python benchmarks/choose_k.py --dataset mnist-10k omniglot-100 --seeds 0 1 2
-    python benchmarks/choose_k.py --run runs/bench/cpu/mnist-10k/f-seed0 --seeds 0
+    python benchmarks/choose_k.py --features-from runs/bench/cpu/mnist-10k/f-seed0 --seeds 0
 
 Results: ``benchmarks/results/choose-k-<tag>.json`` and ``.md``.
 """
@@ -111,16 +113,48 @@ def pixel_features(images: np.ndarray, dims: int = 64) -> np.ndarray:
     return PCA(dims, random_state=0).fit_transform(flat - flat.mean(0)).astype(np.float32)
 
 
-def run_inputs(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, ClusteringConfig]:
-    """A finished run's embeddings, neighbours, labels and clustering settings."""
-    embeddings = np.load(run / "embeddings.npy")
-    neighbours = np.load(run / "neighbours.npy")
-    with (run / "assignments.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "label" not in rows[0]:
-        raise ValueError(f"{run}/assignments.csv has no label column: the run had no labels")
-    labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
-    return embeddings, neighbours, labels, Config.load(run / "config.yaml").clustering
+def run_inputs(
+    run: Path, which: str = "knn"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, ClusteringConfig]:
+    """The stage-1 embeddings of an existing run folder (finished or not), its neighbours,
+    the labels and its clustering settings.
+
+    Embeddings: ``embeddings.npy``, or the file a run on precomputed embeddings read.
+    Neighbours: ``neighbours-knn.npy`` (``which="knn"``: the plain kNN ``--clusters auto``
+    searches on) or ``neighbours.npy`` (``"used"``: the run's mined ones); a run whose stage 2
+    did not finish gets plain kNN searched here on ``features.npy`` (q of its settings).
+    Labels: ``assignments.csv``'s label column, else the run's data source.
+    """
+    from smcluster.data.embeddings import load_embeddings
+    from smcluster.pipeline import load_data
+
+    config = Config.load(run / "config.yaml")
+    if (run / "embeddings.npy").exists():
+        embeddings = np.load(run / "embeddings.npy")
+    elif config.data.embeddings is not None:
+        embeddings = np.asarray(load_embeddings(config.data.embeddings).vectors)
+    else:
+        raise ValueError(f"{run} has no embeddings.npy: its stage 1 has not finished")
+    name = {"knn": "neighbours-knn.npy", "used": "neighbours.npy"}[which]
+    if (run / name).exists():
+        neighbours = np.load(run / name)
+    else:
+        mined = run / "features.npy"
+        features = np.load(mined) if mined.exists() else embeddings
+        neighbours = knn_search(features, config.mining.q)[0]
+    labels = None
+    if (run / "assignments.csv").exists():
+        with (run / "assignments.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        if rows and "label" in rows[0]:
+            labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
+    if labels is None and config.data.source is not None:
+        labels = load_data(config).labels
+    if labels is None and config.data.embeddings is not None:
+        labels = load_embeddings(config.data.embeddings).labels
+    if labels is None:
+        raise ValueError(f"{run}: no labels in its assignments.csv or its data source")
+    return embeddings, neighbours, labels, config.clustering
 
 
 def reference_seconds(
@@ -252,7 +286,21 @@ def table(rows: list[dict[str, Any]], criteria: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", nargs="+", default=["mnist-10k"], choices=list(DATASETS))
-    parser.add_argument("--run", nargs="*", type=Path, default=[], help="finished run folders")
+    parser.add_argument(
+        "--features-from",
+        "--run",
+        dest="run",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="run folders whose stage-1 embeddings (and neighbours) to search on",
+    )
+    parser.add_argument(
+        "--neighbours",
+        choices=["knn", "used"],
+        default="knn",
+        help="with --features-from: plain kNN (what --clusters auto uses) or the run's mined",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA))
     parser.add_argument("--points", type=int, default=10, help="candidate K in the grid")
@@ -284,8 +332,9 @@ def main(argv: list[str] | None = None) -> None:
             config = Config().updated(_preset_clustering(spec.preset)).clustering
             features = "pixels: <= 32 px pixels, PCA to 64 dimensions (not stage-1 features)"
         else:
-            embeddings, neighbours, labels, config = run_inputs(run)
-            features = f"run folder {run}: its embeddings.npy and neighbours.npy"
+            embeddings, neighbours, labels, config = run_inputs(run, args.neighbours)
+            kind = {"knn": "plain kNN", "used": "mined"}[args.neighbours]
+            features = f"run folder {run}: its stage-1 embeddings and {kind} neighbours"
         for seed in args.seeds:
             row = measure(name, embeddings, neighbours, labels, config, args, seed)
             row["features"] = features

@@ -29,7 +29,15 @@ from smcluster.autoconfig import (
     without,
 )
 from smcluster.budget import settle_explicit_epochs
-from smcluster.config import Config, load_settings, merge, method, nested_settings, preset
+from smcluster.config import (
+    Config,
+    load_settings,
+    merge,
+    method,
+    most_clusters,
+    nested_settings,
+    preset,
+)
 from smcluster.data import ImageSet, load_dataset
 from smcluster.data.embeddings import Embeddings, check_ids, check_vectors
 from smcluster.data.imageset import check_labels
@@ -39,7 +47,7 @@ from smcluster.runfolder import IN_MEMORY, RunFolder
 
 
 def build_config(
-    n_clusters: int | None = None,
+    n_clusters: int | str | None = None,
     *,
     preset_name: str | None = None,
     config: Config | str | Path | None = None,
@@ -107,7 +115,8 @@ def build_settings(
     if preset_name == AUTO:
         given = Config().updated(explicit).validate()
         machine = machine or Machine.detect(given.run.accelerator)
-        chosen = choose(machine, data_shape(given, data), given.n_clusters)
+        shape = data_shape(given, data)
+        chosen = choose(machine, shape, most_clusters(given.n_clusters, shape.n or None))
         kept = without(chosen.overrides, explicit)
         yours = sorted(set(dotted(chosen.overrides)) - set(dotted(kept)))
         mine = [f"auto: your settings win over it: {', '.join(yours)}"] if yours else []
@@ -157,7 +166,8 @@ class SMCluster:
 
     Parameters
     ----------
-    n_clusters: number of clusters C.
+    n_clusters: number of clusters C, or ``"auto"`` / ``"LO:HI"`` to choose it without labels
+        in that range (``config.cluster_range``; ``"auto"`` is 2 to min(N / 5, 2000)).
     method: a named method (``smcluster.config.METHODS``): ``"paper"`` (METHOD.md exactly),
         ``"scan"`` (SimCLR + kNN) or ``"best"``; under the preset, config and overrides.
     preset: ``"auto"`` (the default: settings chosen from the machine, the data's shape and
@@ -170,12 +180,13 @@ class SMCluster:
     **settings: overrides, nested with ``__``: ``features__epochs=50``, ``mining__q=10``.
 
     After ``fit``: ``labels_`` (N,), ``probabilities_`` (N x C), ``metrics_`` (dict; accuracy
-    metrics only when labels were known, and then used for nothing else), ``run_dir_``.
+    metrics only when labels were known, and then used for nothing else), ``run_dir_``,
+    ``n_clusters_`` (C, the chosen number when ``n_clusters`` gave a range).
     """
 
     def __init__(
         self,
-        n_clusters: int = 10,
+        n_clusters: int | str = 10,
         *,
         preset: str | None = AUTO,
         config: Config | str | Path | None = None,
@@ -244,6 +255,7 @@ class SMCluster:
             auto=choice,
         )
         self.labels_ = result.labels
+        self.n_clusters_ = result.config.n_clusters
         self.probabilities_ = result.probabilities
         self.metrics_ = result.metrics
         self.run_dir_ = result.folder.root
@@ -302,5 +314,6 @@ class SMCluster:
         folder = RunFolder(run_dir)
         model.probabilities_ = folder.load_array("probabilities")
         model.labels_ = model.probabilities_.argmax(axis=1)
+        model.n_clusters_ = fitted.config.n_clusters
         model.metrics_ = folder.load_json("metrics")
         return model

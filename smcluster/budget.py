@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from lightning_fabric import Fabric
 
-from smcluster.config import Config, stage1_training
+from smcluster.config import Config, most_clusters, stage1_training
 from smcluster.models import ClusterHeads
 from smcluster.stages.clustering import train_heads_on_embeddings
 from smcluster.stages.features import extract_features, train_features, training_batch
@@ -257,7 +257,7 @@ def _head_epoch_seconds(config: Config, embeddings: torch.Tensor, n: int) -> flo
     views = embeddings.half()[None].expand(c.feature_views, -1, -1).contiguous()
     generator = torch.Generator().manual_seed(0)
     neighbours = torch.randint(rows, (rows, config.mining.q), generator=generator)
-    heads = ClusterHeads(embeddings.shape[1], config.n_clusters, c.heads)
+    heads = ClusterHeads(embeddings.shape[1], most_clusters(config.n_clusters, n), c.heads)
     started = time.perf_counter()
     train_heads_on_embeddings(heads, views, neighbours, c, epochs=1, seed=0, progress=False)
     return (time.perf_counter() - started) * n / rows

@@ -79,6 +79,11 @@ def fit_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return nested_settings(settings, separator=".")
 
 
+def _clusters(text: str) -> int | str:
+    """``--clusters``: a whole number, else the text of a range (checked with the settings)."""
+    return int(text) if text.strip().isdigit() else text
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from smcluster.api import build_settings
     from smcluster.pipeline import run_pipeline
@@ -103,24 +108,33 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+TIMED_STAGES = {
+    "features": "features",
+    "k_search": "choosing K",
+    "neighbours": "neighbours",
+    "clustering": "clustering",
+}
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def _print_metrics(metrics: dict[str, Any], run: Path) -> None:
-    from smcluster.metrics import DIAGNOSTICS, SCORES
+    from smcluster.metrics import DIAGNOSTICS, MANY_TO_ONE, SCORES
 
-    keys = SCORES + DIAGNOSTICS
+    keys = SCORES + MANY_TO_ONE + DIAGNOSTICS
     shown = {k: metrics[k] for k in keys if k in metrics}
     if shown:
         print("  ".join(f"{k.upper() if len(k) <= 3 else k}={v:.4f}" for k, v in shown.items()))
     t = metrics.get("timings", {})
     if t:
-        print(
-            f"time: {t.get('total_seconds', 0):.1f} s (features {t.get('features_seconds', 0):.1f}"
-            f", neighbours {t.get('neighbours_seconds', 0):.1f}, clustering "
-            f"{t.get('clustering_seconds', 0):.1f})"
-        )
+        parts = [
+            f"{name} {t[f'{key}_seconds']:.1f}"
+            for key, name in TIMED_STAGES.items()
+            if f"{key}_seconds" in t
+        ]
+        print(f"time: {t.get('total_seconds', 0):.1f} s ({', '.join(parts)})")
     print(f"run folder: {run}")
 
 
@@ -216,7 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the data's shape and --clusters; see `smcluster presets auto`)",
     )
     fit.add_argument("--data", help="digits | FILE.npz | IMAGE_FOLDER | cifar10 | stl10 | ...")
-    fit.add_argument("--clusters", type=int, help="number of clusters C")
+    fit.add_argument(
+        "--clusters",
+        type=_clusters,
+        help="number of clusters C, or choose it without labels: auto (from 2 to "
+        "min(N/5, 2000)) or a range LO:HI",
+    )
     fit.add_argument("--out", type=Path, help="run folder (default runs/<data>-<time>)")
     fit.add_argument(
         "--resume",

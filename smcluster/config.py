@@ -195,9 +195,14 @@ class RunConfig:
 
 @dataclass
 class Config:
-    """The whole configuration of a run."""
+    """The whole configuration of a run.
 
-    n_clusters: int = 10
+    ``n_clusters``: the number of clusters, or a range to choose it from without labels
+    (``"LO:HI"``, or ``"auto"``: see ``cluster_range``), which the run resolves to the chosen
+    number before stage 2 (``stages.choose_k``; its ``config.yaml`` then holds the number).
+    """
+
+    n_clusters: int | str = 10
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -240,6 +245,8 @@ class Config:
             allowed = RANGES.get(name, AT_LEAST_0)
             if _is_number(value) and value not in allowed:
                 raise ValueError(f"{name} must be {allowed}, got {value}")
+        if isinstance(self.n_clusters, str):
+            cluster_range(self.n_clusters, None)
         checks: list[tuple[bool, str]] = [
             (
                 self.data.channels in (None, 1, 3),
@@ -287,6 +294,54 @@ class Config:
             if not ok:
                 raise ValueError(message)
         return self
+
+
+AUTO_MAX_CLUSTERS = 2000
+AUTO_MIN_PER_CLUSTER = 5
+
+
+def cluster_range(n_clusters: int | str, n_images: int | None) -> tuple[int, int]:
+    """The smallest and largest number of clusters a run may end with.
+
+    A number K gives (K, K); ``"LO:HI"`` gives (LO, HI); ``"auto"`` runs from 2 to
+    min(N / 5, 2000) for N images: below five images per cluster on average a cluster carries
+    little evidence of being one, and 2000 bounds the search's cost. Checked against N when
+    ``n_images`` is given (a ValueError naming the fix).
+    """
+    if not isinstance(n_clusters, str):
+        return n_clusters, n_clusters
+    if n_clusters == "auto":
+        if n_images is None:
+            return 2, AUTO_MAX_CLUSTERS
+        return 2, max(2, min(n_images // AUTO_MIN_PER_CLUSTER, AUTO_MAX_CLUSTERS))
+    lo_text, sep, hi_text = n_clusters.partition(":")
+    if not sep or not lo_text.strip().isdigit() or not hi_text.strip().isdigit():
+        raise ValueError(
+            f"n_clusters (--clusters) {n_clusters!r} is not understood: give a whole number, "
+            "'auto' or a range 'LO:HI' of two whole numbers, e.g. '50:2000'"
+        )
+    lo, hi = int(lo_text), int(hi_text)
+    check_cluster_range(lo, hi, n_images)
+    return lo, hi
+
+
+def most_clusters(n_clusters: int | str, n_images: int | None) -> int:
+    """The largest number of clusters a run may end with: what memory, batches and time are
+    sized for before a range is searched (``cluster_range``'s upper end)."""
+    return cluster_range(n_clusters, n_images)[1]
+
+
+def check_cluster_range(lo: int, hi: int, n_images: int | None) -> None:
+    """A ValueError naming the fix unless 2 <= lo <= hi <= n_images."""
+    if lo < 2:
+        raise ValueError(f"the smallest number of clusters to try must be at least 2, got {lo}")
+    if hi < lo:
+        raise ValueError(f"the cluster range {lo}:{hi} is empty: give LO <= HI")
+    if n_images is not None and hi > n_images:
+        raise ValueError(
+            f"the cluster range {lo}:{hi} asks for more clusters than the {n_images} images; "
+            f"lower its upper end to at most {n_images}"
+        )
 
 
 def stage1_training(features: FeatureConfig) -> str:
@@ -535,6 +590,16 @@ class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-3`` as text; this reads it as a number, as YAML 1.2 and Python do."""
 
 
+# No sexagesimal integers (YAML 1.1 reads ``10:50`` as 650): a cluster range stays text.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),

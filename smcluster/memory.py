@@ -391,11 +391,13 @@ def image_model_terms(config: Config, n: int, channels: int, size: int) -> list[
             "stage-1 features (N x out_dim)", n * f.out_dim * FLOAT, "all", "features.out_dim"
         )
     )
+    from smcluster.config import cluster_range
+
     terms += estimate_memory(
         n,
         embedding_dim,
         k,
-        config.n_clusters,
+        cluster_range(config.n_clusters, n)[1],
         c.heads,
         c.feature_views,
         batch_size=c.batch_size,

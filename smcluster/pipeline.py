@@ -13,10 +13,12 @@ The folder's layout lives in ``runfolder``; inference on a finished run in ``inf
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,7 +33,7 @@ from torch import nn
 from smcluster.augment import ViewMaker
 from smcluster.autoconfig import AutoChoice
 from smcluster.budget import fit_budget
-from smcluster.config import Config
+from smcluster.config import Config, cluster_range
 from smcluster.data import ImageSet, load_dataset
 from smcluster.data.cache import ResizeCost, cache_fits, open_image_cache, write_image_cache
 from smcluster.data.embeddings import Embeddings, load_embeddings
@@ -56,6 +58,7 @@ from smcluster.sources import (
     feature_source,
     resolve_for_source,
 )
+from smcluster.stages.choose_k import candidate_grid, choose_n_clusters
 from smcluster.stages.clustering import (
     ClusteringModel,
     head_probability_chunks,
@@ -69,7 +72,12 @@ from smcluster.stages.clustering import (
     train_self_label,
 )
 from smcluster.stages.features import extract_features
-from smcluster.stages.mining import MINING_METHODS, MiningInputs, images_needed
+from smcluster.stages.mining import (
+    MINING_METHODS,
+    MiningInputs,
+    images_needed,
+    instance_neighbours,
+)
 from smcluster.stages.neighbours import choose_index, neighbour_purity
 
 
@@ -136,7 +144,9 @@ def _images_resized_once(
 def check_data(data: ImageSet | Embeddings, config: Config) -> None:
     """Refuse data sets the configuration cannot cluster, with the fix in the message."""
     n, what = len(data), "embeddings" if isinstance(data, Embeddings) else "images"
-    if n < config.n_clusters:
+    if isinstance(config.n_clusters, str):
+        cluster_range(config.n_clusters, n)
+    elif n < config.n_clusters:
         raise ValueError(
             f"{n} {what} cannot form {config.n_clusters} clusters: lower n_clusters or add images"
         )
@@ -159,7 +169,7 @@ def check_embeddings_memory(config: Config, embeddings: Embeddings, device: torc
         n,
         d,
         config.mining.q,
-        config.n_clusters,
+        cluster_range(config.n_clusters, n)[1],
         c.heads,
         batch_size=c.batch_size,
         index=choose_index(n, device) if index == "auto" else index,
@@ -327,7 +337,12 @@ def run_pipeline(
     stage_one = FEATURE_SOURCES[source](run)
     run.clock.charge("features")
 
-    neighbours, weights, diagnostics = _stage_neighbours(run, stage_one)
+    instance = None
+    if isinstance(config.n_clusters, str):
+        run, instance = _stage_choose_k(run, stage_one)
+        run.clock.charge("k_search")
+
+    neighbours, weights, diagnostics = _stage_neighbours(run, stage_one, instance)
     run.clock.charge("neighbours")
 
     clustering = _stage_clustering(run, stage_one, neighbours, weights)
@@ -357,11 +372,67 @@ class RunContext:
         return EpochCheckpoints(self.folder, stage, self.clock, timed_as)
 
 
+def _stage_choose_k(run: RunContext, stage_one: StageOne) -> tuple[RunContext, np.ndarray | None]:
+    """Choose the number of clusters in the range ``n_clusters`` gives (``stages.choose_k``).
+
+    Between stages 1 and 2, since the three-view mining's weak-view head needs K: scored on
+    the stored stage-1 embeddings and their plain-kNN neighbours (the first q of the mining's
+    own kNN search, returned so stage 2 does not search again). The result is saved in
+    ``k-search.json`` and the resolved number in ``config.yaml``, so a resumed run reads the
+    choice instead of searching again. Returns the run with the chosen K (and the kNN search,
+    None when the choice was read back).
+    """
+    config, folder = run.config, run.folder
+    lo, hi = cluster_range(config.n_clusters, len(run.items))
+    saved = folder.load_json("k_search") if folder.path("k_search").exists() else None
+    instance = None
+    if saved is None:
+        inputs = MiningInputs(
+            stage_one.features,
+            stage_one.strong_features,
+            stage_one.weak_embeddings,
+            config,
+            run.fabric.device,
+        )
+        instance = instance_neighbours(inputs)
+        q = config.mining.q
+        search = choose_n_clusters(
+            stage_one.embeddings,
+            instance[:, :q],
+            candidate_grid(lo, hi),
+            config.clustering,
+            seed=config.run.seed,
+            device=run.fabric.device,
+        )
+        saved = {"request": config.n_clusters, "range": [lo, hi], **search.to_dict()}
+        saved["neighbours"] = f"plain kNN, q = {q}"
+        folder.save_json("k_search", saved)
+    chosen = int(saved["chosen"])
+    config = config.updated({"n_clusters": chosen})
+    if folder.writer:
+        atomic_write(folder.path("config"), config.save)
+    run.say(
+        f"number of clusters: {chosen}, chosen by {saved['criterion']} among "
+        f"{len(saved['candidates'])} values from {lo} to {hi} in {saved['seconds']:.1f} s"
+        f"{'' if instance is not None else ' (read from k-search.json)'}"
+    )
+    edge = {lo: "lower", hi: "upper"}.get(chosen) if lo < hi else None
+    if edge is not None:
+        warnings.warn(
+            f"the best number of clusters is the range's {edge} end {chosen}; try a wider "
+            "range (--clusters LO:HI)",
+            stacklevel=2,
+        )
+    return dataclasses.replace(run, config=config), instance
+
+
 def _stage_neighbours(
-    run: RunContext, stage_one: StageOne
+    run: RunContext, stage_one: StageOne, instance: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Stage 2: the configured mining, its arrays saved (the neighbours' SCAN-loss weights
-    too, when weighted); purities when labels exist."""
+    too, when weighted); purities when labels exist.
+
+    ``instance``: the mining's kNN search when the number of clusters was chosen first."""
     config, folder, labels = run.config, run.folder, run.items.labels
     started = time.perf_counter()
     neighbours = folder.load_array("neighbours")
@@ -377,6 +448,7 @@ def _stage_neighbours(
             run.fabric.device,
             on_epoch_end=run.epoch_checkpoints("mining-head", "neighbours"),
             checkpoint=folder.resume_point("mining-head"),
+            instance=instance,
         )
         mined = MINING_METHODS[config.mining.method](inputs)
         neighbours, knn, weights = mined.neighbours, mined.knn, mined.weights

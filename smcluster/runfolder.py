@@ -44,6 +44,7 @@ FILES = {
     "images": "images.npz",
     "input_embeddings": "input-embeddings.npz",
     "image_cache": "images-cache.npy",
+    "k_search": "k-search.json",
 }
 
 OUTPUTS = ("probabilities", "metrics", "assignments")
@@ -293,7 +294,9 @@ def resolve_config(root: str | Path, config: Config, *, resume: bool) -> Config:
         saved = load_saved_config(folder.path("config")).updated(keep)
         given = config
         if IN_MEMORY in (config.data.source, config.data.embeddings):  # the run stored them
-            given = config.updated({"data": saved.to_dict()["data"]})
+            given = given.updated({"data": saved.to_dict()["data"]})
+        if _chose_clusters(folder, config.n_clusters):  # config.yaml holds the chosen number
+            given = given.updated({"n_clusters": saved.n_clusters})
         if saved.to_dict() != given.to_dict():
             warnings.warn(
                 f"resuming {folder.root} with its saved configuration; the settings given now "
@@ -307,6 +310,13 @@ def resolve_config(root: str | Path, config: Config, *, resume: bool) -> Config:
     if folder.root.exists() and any(folder.root.iterdir()):
         raise ValueError(f"{folder.root} exists and is not empty: choose a new output folder")
     return config
+
+
+def _chose_clusters(folder: RunFolder, request: int | str) -> bool:
+    """Whether the run chose its number of clusters in the range ``request`` names."""
+    if not isinstance(request, str) or not folder.path("k_search").exists():
+        return False
+    return folder.load_json("k_search").get("request") == request
 
 
 def check_can_create(folder: Path) -> None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smcluster import config as config_module
-from smcluster.config import PRESETS, Config, nested_settings, preset
+from smcluster.config import PRESETS, Config, cluster_range, nested_settings, preset
 from smcluster.stages.clustering import HEAD_SELECTION
 from smcluster.stages.features import FEATURE_MODELS, MINING_FEATURES
 from smcluster.stages.mining import BACKEND_CHOICES, MINING_METHODS, NEIGHBOUR_WEIGHTS
@@ -176,6 +176,39 @@ def test_yaml_reads_exponents_as_numbers(tmp_path) -> None:
     path.write_text("clustering:\n  lr: 1e-3\n  frozen_lr: 5E-2\nfeatures:\n  lr: .5e-1\n")
     c = Config.load(path)
     assert (c.clustering.lr, c.clustering.frozen_lr, c.features.lr) == (0.001, 0.05, 0.05)
+
+
+def test_cluster_ranges_are_parsed_and_checked() -> None:
+    assert cluster_range(12, 100) == (12, 12)
+    assert cluster_range("50:2000", 10_000) == (50, 2000)
+    assert cluster_range("auto", 1000) == (2, 200)  # N / 5
+    assert cluster_range("auto", 10**6) == (2, 2000)  # at most 2000
+    assert cluster_range("auto", 7) == (2, 2)
+    for bad, match in [
+        ("fifty:100", "not understood"),
+        ("100", "not understood"),
+        ("10-50", "not understood"),
+        ("1:10", "at least 2"),
+        ("20:10", "empty"),
+        ("2:5000", "more clusters than the 1000 images"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            cluster_range(bad, 1000)
+
+
+def test_a_cluster_range_is_checked_before_work_and_stays_text_in_yaml(tmp_path) -> None:
+    """YAML 1.1 reads ``10:50`` as the number 650 (base 60); settings files keep it text."""
+    path = tmp_path / "c.yaml"
+    path.write_text("n_clusters: 10:50\n")
+    assert Config.load(path).n_clusters == "10:50"
+    Config(n_clusters="auto").save(path)
+    assert Config.load(path).n_clusters == "auto"
+    for bad, match in [("many", "not understood"), ("30:20", "empty"), ("1:20", "at least 2")]:
+        with pytest.raises(ValueError, match=match):
+            Config(n_clusters=bad).validate()
+        path.write_text(f"n_clusters: {bad}\n")
+        with pytest.raises(ValueError, match=match):
+            Config.load(path)
 
 
 def test_broken_yaml_names_file_and_line(tmp_path) -> None:

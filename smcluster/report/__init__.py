@@ -32,6 +32,7 @@ from smcluster.report.figures import (
     curves_figure,
     embedding_figure,
     hex_colours,
+    k_search_figure,
     neighbours_figure,
     sizes_figure,
 )
@@ -47,6 +48,7 @@ FIGURES = {
     "confusion": "confusion.png",
     "curves": "curves.png",
     "neighbours": "neighbours.png",
+    "k_search": "k-search.png",
 }
 SHEET_COLUMNS = 10
 
@@ -149,6 +151,7 @@ def _figures(data: RunData, emb: Embedding | None, anchors: np.ndarray, shown: i
     made.append(confusion_figure(data, folder / FIGURES["confusion"]))
     made.append(curves_figure(data, folder / FIGURES["curves"]))
     made.append(neighbours_figure(data, anchors, shown, folder / FIGURES["neighbours"]))
+    made.append(k_search_figure(data, folder / FIGURES["k_search"]))
     return [p for p in made if p is not None]
 
 
@@ -348,6 +351,8 @@ METRIC_NAMES = [
     ("weighted_precision", "weighted precision"),
     ("weighted_recall", "weighted recall"),
     ("weighted_f", "weighted F"),
+    ("acc_many_to_one", "ACC many-to-one (purity)"),
+    ("nmi_many_to_one", "NMI many-to-one"),
     ("neighbour_purity", "neighbour purity (used)"),
     ("neighbour_purity_knn", "neighbour purity (plain kNN)"),
     ("neighbour_purity_instance", "neighbour purity (instance view, 4q)"),
@@ -392,7 +397,7 @@ def _parts(data: RunData, emb: Embedding | None, neighbours: str, figures: bool)
         "KEYS": key_html,
         "NAV": nav_html,
         "NOTES": notes_html,
-        "SUMMARY": _summary(data),
+        "SUMMARY": _summary(data, figures),
         "SIZES": _figure_html(
             "sizes",
             "Cluster sizes, largest first (dashed: a balanced "
@@ -423,7 +428,26 @@ def _gallery_note(data: RunData) -> str:
     return f"<p>{text}</p>"
 
 
-def _summary(data: RunData) -> str:
+def _k_search_panel(data: RunData, figures: bool) -> str:
+    """How the number of clusters was chosen (``k-search.json``), with its curve."""
+    search = data.k_search or {}
+    lo, hi = search.get("range", ["?", "?"])
+    text = (
+        f"K = {search['chosen']} was chosen without labels: the highest {search['criterion']} "
+        f"score among {len(search['candidates'])} values from {lo} to {hi} "
+        f"({seconds(float(search['seconds']))}; stages.choose_k)."
+    )
+    if search["chosen"] in (lo, hi) and lo != hi:
+        text += " It is an end of the range: a wider range may score higher."
+    if data.labels is not None and search["chosen"] != data.n_classes:
+        text += (
+            f" The labels have {data.n_classes} classes: read the many-to-one scores beside ACC."
+        )
+    curve = _figure_html("k_search", "The criterion against K; the chosen K marked.", figures)
+    return f'<div class="panel span2"><h3>Number of clusters</h3><p>{esc(text)}</p>{curve}</div>'
+
+
+def _summary(data: RunData, figures: bool = True) -> str:
     m = data.metrics
     cfg = data.config
     env = _environment(data.root)
@@ -476,7 +500,7 @@ def _summary(data: RunData) -> str:
     t = m.get("timings") or {}
     stage_times = [
         (s, float(t[f"{s}_seconds"]))
-        for s in ("features", "neighbours", "clustering")
+        for s in ("features", "k_search", "neighbours", "clustering")
         if isinstance(t.get(f"{s}_seconds"), (int, float))
     ]
     if stage_times:
@@ -499,6 +523,9 @@ def _summary(data: RunData) -> str:
             f'<div class="panel"><h3>Time per stage</h3><div class="timing">{lines}'
             f"</div>{table(extra, 'kv num')}</div>"
         )
+
+    if data.k_search is not None:
+        panels.append(_k_search_panel(data, figures))
 
     heads = m.get("heads")
     if isinstance(heads, list) and heads:

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
 
 from smcluster.metrics import matched_confusion  # noqa: E402
 from smcluster.report.embedding import Embedding  # noqa: E402
@@ -131,6 +131,33 @@ def sizes_figure(data: RunData, path: Path) -> Path:
     ax2.set_title(f"{data.n_clusters} clusters, {empty} empty", fontsize=9)
     for a in (ax, ax2):
         a.spines[["top", "right"]].set_visible(False)
+    return _save(fig, path)
+
+
+def k_search_figure(data: RunData, path: Path) -> Path | None:
+    """The criterion that chose the number of clusters against K (``k-search.json``), the
+    chosen K marked, and the number of classes when labels exist; None without a search."""
+    search = data.k_search
+    if search is None:
+        return None
+    ks = np.asarray(search["candidates"])
+    scores = np.asarray(search["scores"][search["criterion"]])
+    chosen = int(search["chosen"])
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.plot(ks, scores, marker="o", ms=3.5, color="#4c72b0", label=search["criterion"])
+    ax.axvline(chosen, color=RIGHT, lw=1.2, label=f"chosen K = {chosen}")
+    ax.plot([chosen], [scores[list(ks).index(chosen)]], marker="o", ms=8, color=RIGHT)
+    if data.labels is not None:
+        ax.axvline(data.n_classes, color="#444", lw=0.9, ls=":", label=f"{data.n_classes} classes")
+    if ks.max() > 2 * ks.min():
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+    lo, hi = search.get("range", [int(ks.min()), int(ks.max())])
+    ax.set_xlabel(f"number of clusters K (range {lo}:{hi})")
+    ax.set_ylabel("score (higher is better)")
+    ax.set_title(f"Choosing K: {len(ks)} values tried in {search['seconds']:.1f} s", fontsize=9.5)
+    ax.legend(frameon=False, fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
     return _save(fig, path)
 
 

@@ -29,6 +29,7 @@ PROBABILITIES = "probabilities.npy"
 FEATURES = "features.npy"
 NEIGHBOURS = "neighbours.npy"
 NEIGHBOURS_KNN = "neighbours-knn.npy"
+K_SEARCH = "k-search.json"
 
 
 @dataclass
@@ -60,6 +61,7 @@ class RunData:
     images: ImageSet | None = None
     images_note: str | None = None
     class_names: list[str] | None = None
+    k_search: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -144,6 +146,8 @@ def load_run(run: str | Path, *, images: bool = True) -> RunData:
         labels=labels,
         n_clusters=n_clusters,
     )
+    if (root / K_SEARCH).exists():
+        data.k_search = RunFolder(root).load_json("k_search")
     for name, attr in (
         (FEATURES, "features"),
         (NEIGHBOURS, "neighbours"),

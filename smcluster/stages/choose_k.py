@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smcluster.config import ClusteringConfig
+from smcluster.config import ClusteringConfig, check_cluster_range
 from smcluster.engine import seed_everything, stage_seed
 from smcluster.models import ClusterHeads
 
@@ -55,7 +55,6 @@ __all__ = [
     "choose_n_clusters",
     "neighbour_kappa",
     "neighbour_nmi",
-    "parse_cluster_range",
     "refine_grid",
 ]
 
@@ -76,6 +75,7 @@ class SearchInputs:
     tries: int
     dims: int
     sample: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _reduced: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -107,7 +107,7 @@ def scan_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
     )
 
     seed_everything(stage_seed(inputs.seed, f"choose-k-{k}", 0))
-    heads = ClusterHeads(inputs.embeddings.shape[1], k, inputs.tries)
+    heads = ClusterHeads(inputs.embeddings.shape[1], k, inputs.tries).to(inputs.device)
     neighbours = torch.from_numpy(inputs.neighbours)
     train_heads_on_embeddings(
         heads,
@@ -265,37 +265,6 @@ class KSearch:
         return self.candidates[int(np.argmax(values))]
 
 
-def parse_cluster_range(text: str, n_images: int) -> tuple[int, int]:
-    """``"LO:HI"`` -> (LO, HI); ``"auto"`` -> a default range for ``n_images`` images.
-
-    The default runs from 2 to min(N / 5, 2000) clusters: below five images per cluster on
-    average a cluster carries little evidence of being one.
-    """
-    if text == "auto":
-        return 2, max(2, min(n_images // 5, 2000))
-    lo_text, sep, hi_text = text.partition(":")
-    if not sep or not lo_text.strip().isdigit() or not hi_text.strip().isdigit():
-        raise ValueError(
-            f"cluster range {text!r} is not understood: give 'auto' or 'LO:HI' with two whole "
-            "numbers, e.g. '50:2000'"
-        )
-    lo, hi = int(lo_text), int(hi_text)
-    _check_range(lo, hi, n_images)
-    return lo, hi
-
-
-def _check_range(lo: int, hi: int, n_images: int) -> None:
-    if lo < 2:
-        raise ValueError(f"the smallest number of clusters to try must be at least 2, got {lo}")
-    if hi < lo:
-        raise ValueError(f"the cluster range {lo}:{hi} is empty: give LO <= HI")
-    if hi > n_images:
-        raise ValueError(
-            f"the cluster range {lo}:{hi} asks for more clusters than the {n_images} images; "
-            f"lower its upper end to at most {n_images}"
-        )
-
-
 def candidate_grid(lo: int, hi: int, points: int = 10) -> list[int]:
     """About ``points`` distinct whole numbers spaced geometrically from ``lo`` to ``hi``."""
     if hi == lo:
@@ -331,6 +300,7 @@ def choose_n_clusters(
     rounds: int = 1,
     dims: int = 32,
     sample: int = 4000,
+    device: torch.device | None = None,
 ) -> KSearch:
     """Score every candidate K with ``criterion`` (and the ``record`` ones) and keep the best.
 
@@ -344,8 +314,8 @@ def choose_n_clusters(
     per epoch in more steps, which a few epochs need to converge. After
     the candidates, ``rounds`` times, ``refine`` more K between the best one's neighbours among
     those tried are tried (around each recorded criterion's best, so every curve is refined
-    where it peaks).
-    Deterministic for a ``seed``.
+    where it peaks). The heads train on ``device`` (default the CPU).
+    Deterministic for a ``seed`` on one device.
     """
     started = time.perf_counter()
     names = list(dict.fromkeys([criterion, *record]))
@@ -370,10 +340,19 @@ def choose_n_clusters(
     tried = sorted({int(k) for k in candidates})
     if not tried:
         raise ValueError("no candidate number of clusters given; give at least one K >= 2")
-    _check_range(tried[0], tried[-1], len(emb))
+    check_cluster_range(tried[0], tried[-1], len(emb))
     short = dataclasses.replace(config, batch_size=min(batch_size, config.batch_size))
     inputs = SearchInputs(
-        emb, stored, nb.astype(np.int64), short, seed, budget_epochs, tries, dims, sample
+        emb,
+        stored,
+        nb.astype(np.int64),
+        short,
+        seed,
+        budget_epochs,
+        tries,
+        dims,
+        sample,
+        device or torch.device("cpu"),
     )
     scores: dict[str, dict[int, float]] = {name: {} for name in names}
 

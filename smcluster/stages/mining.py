@@ -42,7 +42,8 @@ class MiningInputs:
     """What mining reads: stage-1 features and, for the three views, two lazy extras.
 
     ``checkpoint`` (from ``on_epoch_end``'s state) continues the weak-view head's warm-up
-    after its last finished epoch.
+    after its last finished epoch. ``instance``: the kNN search already made
+    (``instance_neighbours``, e.g. for choosing the number of clusters first), not redone.
     """
 
     features: np.ndarray
@@ -52,6 +53,7 @@ class MiningInputs:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     on_epoch_end: EpochCallback | None = None
     checkpoint: dict[str, Any] | None = None
+    instance: np.ndarray | None = None
 
 
 @dataclass
@@ -80,6 +82,8 @@ def _search_with_similarities(inputs: MiningInputs, k: int) -> tuple[np.ndarray,
 
 
 def _search(inputs: MiningInputs, k: int) -> np.ndarray:
+    if inputs.instance is not None and inputs.instance.shape[1] >= k:
+        return inputs.instance[:, :k]
     return _search_with_similarities(inputs, k)[0]
 
 
@@ -224,6 +228,13 @@ MINING_METHODS: dict[MiningMethod, Callable[[MiningInputs], MiningResult]] = {
 
 
 CANDIDATES_PER_NEIGHBOUR: dict[MiningMethod, int] = {"knn": 1, "three-view": 4, "fused": 4}
+
+
+def instance_neighbours(inputs: MiningInputs) -> np.ndarray:
+    """The one kNN search of the configured mining (q, or 4q for three views), nearest first:
+    its first q columns are the plain kNN neighbours."""
+    q = inputs.config.mining.q
+    return _search(inputs, CANDIDATES_PER_NEIGHBOUR[inputs.config.mining.method] * q)
 
 
 def images_needed(config: Config) -> int:

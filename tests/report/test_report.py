@@ -191,3 +191,35 @@ def test_a_damaged_run_file_is_named_not_a_traceback(run_copy: Path, name: str) 
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     with pytest.raises(RunFolderError, match=name):
         write_report(run_copy)
+
+
+def test_a_run_that_chose_its_number_of_clusters_plots_the_search(
+    tmp_path: Path, demo_report: Path
+) -> None:
+    """The criterion against K with the chosen K (k-search.json), and the many-to-one scores
+    when the chosen K is not the number of classes; a run with a fixed K shows neither."""
+    from smcluster.api import SMCluster
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 48))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = rng.permutation(np.arange(1200) % 8)
+    vectors = (centres[labels] + 1.2 * rng.normal(size=(1200, 48)) / np.sqrt(48)).astype("f4")
+    run = tmp_path / "run"
+    quick = {"run__report": False, "run__progress": False, "run__threads": 1}
+    model = SMCluster("12:40", out=run, clustering__epochs=5, **quick).fit(vectors, labels)
+    chosen = model.n_clusters_
+    search = json.loads((run / "k-search.json").read_text())
+    assert search["chosen"] == chosen and 12 <= chosen <= 40
+    html = write_report(run).read_text()
+    assert "<h3>Number of clusters</h3>" in html
+    assert f"K = {chosen} was chosen without labels" in html
+    assert "from 12 to 40" in html
+    assert 'src="figures/k-search.png"' in html
+    with Image.open(run / "report" / "figures" / "k-search.png") as image:
+        image.verify()
+    assert "ACC many-to-one (purity)" in html  # 8 classes, more clusters
+    assert f"{model.metrics_['acc_many_to_one']:.3f}" in html
+    assert "k-search.png" in {p.name for p in write_figures(run, embedding=False)}
+    fixed = demo_report.read_text()
+    assert "Number of clusters" not in fixed and "k-search.png" not in fixed

@@ -14,7 +14,6 @@ from smcluster.stages.choose_k import (
     choose_n_clusters,
     map_equation,
     neighbour_kappa,
-    parse_cluster_range,
     refine_grid,
 )
 from smcluster.stages.neighbours import knn_search
@@ -88,20 +87,6 @@ def test_grids() -> None:
     assert candidate_grid(7, 7) == [7]
     refined = refine_grid([10, 20, 40], 20, 3)
     assert refined and all(10 < k < 40 and k != 20 for k in refined)
-
-
-def test_cluster_range_parsing() -> None:
-    assert parse_cluster_range("50:2000", 10_000) == (50, 2000)
-    assert parse_cluster_range("auto", 1000) == (2, 200)
-    for bad, match in [
-        ("fifty:100", "not understood"),
-        ("100", "not understood"),
-        ("1:10", "at least 2"),
-        ("20:10", "empty"),
-        ("2:5000", "more clusters than"),
-    ]:
-        with pytest.raises(ValueError, match=match):
-            parse_cluster_range(bad, 1000)
 
 
 def test_bad_inputs_name_the_problem(mixtures) -> None:
