@@ -1,11 +1,13 @@
 """Choosing the number of clusters: each criterion's estimate against the true K.
 
 For every data set and seed: features and neighbours (cheap ones computed here, or a finished
-run's ``embeddings.npy`` / ``neighbours.npy``), ``choose_n_clusters`` over K_true / 4 ..
-4 K_true recording every criterion, each criterion's chosen K, the ACC / many-to-one ACC / NMI
-of its own partition at its chosen K and at the true K, and the search's seconds against one
-fixed-K stage 3 on the same stored features (``train_heads_on_embeddings`` at K_true with the
-configuration's heads, timed over ``--reference-epochs`` epochs and scaled to its epochs).
+run's ``embeddings.npy`` / ``neighbours.npy``), ``choose_n_clusters`` over the range
+``--clusters auto`` searches (``--range auto``, the default) or K_true / 4 .. 4 K_true
+(``--range true``, the earlier tables), recording every criterion, each criterion's chosen
+K, the ACC / many-to-one ACC / NMI of its own partition at its chosen K and at the true K,
+and the search's seconds against one fixed-K stage 3 on the same stored features
+(``train_heads_on_embeddings`` at K_true with the configuration's heads, timed over
+``--reference-epochs`` epochs and scaled to its epochs).
 
 Features (``--features``):
 
@@ -42,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smcluster.config import ClusteringConfig, Config
+from smcluster.config import ClusteringConfig, Config, cluster_range
 from smcluster.metrics import cluster_accuracy, many_to_one_accuracy
 from smcluster.models import ClusterHeads
 from smcluster.stages.choose_k import CRITERIA, PARTITIONS, SearchInputs, choose_n_clusters
@@ -208,7 +210,10 @@ def measure(
     seed: int,
 ) -> dict[str, Any]:
     true_k = len(np.unique(labels))
-    lo, hi = max(2, true_k // 4), min(4 * true_k, len(labels) // 2)
+    if args.range == "auto":
+        lo, hi = cluster_range("auto", len(labels))
+    else:
+        lo, hi = max(2, true_k // 4), min(4 * true_k, len(labels) // 2)
     search = choose_n_clusters(
         embeddings,
         neighbours,
@@ -304,6 +309,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA))
     parser.add_argument("--points", type=int, default=10, help="candidate K in the grid")
+    parser.add_argument(
+        "--range",
+        choices=["auto", "true"],
+        default="auto",
+        help="K searched: auto = what --clusters auto searches (2 to min(N / 5, 2000)); "
+        "true = K_true / 4 to 4 K_true (the earlier tables)",
+    )
     parser.add_argument("--budget-epochs", type=int, default=5)
     parser.add_argument(
         "--stage3-epochs",
