@@ -13,7 +13,10 @@ runs in its own process; its wall and CPU seconds and peak resident memory (``os
 - ``heads``: stage 3 with ``frozen_settings(N, C)``, the settings smcluster would choose
   itself, on the auto index's neighbours: train, score and select a head, write the
   probabilities chunk by chunk to a memory-mapped ``.npy``; ACC and NMI;
-- ``kmeans``: ``faiss.Kmeans`` (K = C, 20 iterations) on the same embeddings; ACC and NMI.
+- ``kmeans``: ``faiss.Kmeans`` (K = C, 20 iterations) on the same embeddings; ACC and NMI;
+- ``cli`` (``--stages cli``): the whole product as a user runs it, ``smcluster fit
+  --embeddings FILE --clusters 1000 --out RUN`` and nothing else (auto's settings, the
+  report included); ACC and NMI from its ``assignments.csv``.
 
     python benchmarks/scale_embeddings.py [--sizes 10000 100000 1000000] [--threads 2]
         [--work /tmp/smcluster-scale] [--exact-max 100000]
@@ -198,12 +201,52 @@ def child_kmeans(work: Path, n: int) -> dict[str, Any]:
     return _metrics(labels, predicted)
 
 
+def child_cli(work: Path, n: int) -> dict[str, Any]:
+    """What a user types: ``smcluster fit --embeddings FILE --clusters 1000 --out RUN`` and
+    nothing else (the report included); ACC against the planted labels afterwards."""
+    import csv
+    import shutil
+
+    from smcluster.cli import main as smcluster
+
+    files = _files(work, n)
+    run = work / str(n) / "cli-run"
+    if run.exists():
+        shutil.rmtree(run)
+    argv = ["fit", "--embeddings", str(files["embeddings"]), "--clusters", str(CLUSTERS)]
+    code = smcluster([*argv, "--out", str(run)])
+    if code != 0:
+        raise SystemExit(code)
+    with open(run / "assignments.csv") as f:
+        predicted = np.array([int(row["cluster"]) for row in csv.DictReader(f)])
+    settings = json.loads((run / "environment.json").read_text()).get("auto", {})
+    timings = json.loads((run / "metrics.json").read_text()).get("timings", {})
+    return {
+        **_metrics(np.load(files["labels"]), predicted),
+        "settings": "smcluster fit --embeddings FILE --clusters 1000 (auto: "
+        + ", ".join(f"{k}={v}" for k, v in _flat(settings.get("overrides", {})).items())
+        + ")",
+        "timings": timings,
+    }
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 CHILDREN = {
     "data": lambda work, n: mixture(_files(work, n)["embeddings"], n) or {},
     "knn-exact": lambda work, n: child_knn(work, n, "exact"),
     "knn-ivf": lambda work, n: child_knn(work, n, "ivf"),
     "heads": child_heads,
     "kmeans": child_kmeans,
+    "cli": child_cli,
 }
 
 

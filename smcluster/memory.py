@@ -39,10 +39,12 @@ __all__ = [
 ]
 
 LIMIT_ENV = "SMCLUSTER_MEMORY_LIMIT"
-ACTIVATION_FACTOR = 2.0
+ACTIVATION_FACTOR = 1.0
 """Bytes autograd keeps per byte of layer outputs in a training step (saved inputs of
-convolutions, BatchNorm and ReLU masks, the gradients of the largest layers while they flow);
-benchmarks/memory_estimate.py measures the estimate against peak RSS."""
+convolutions, BatchNorm and ReLU masks, the gradients of the largest layers while they flow).
+Measured (benchmarks/results/memory-estimate-*.md): with 1 the estimate is 1.2-1.4x the
+measured peak of small CNNs and ResNet-18 at 28-64 px; with 2 it was up to 2.5x, enough to
+refuse runs that fit."""
 VIEW_COPIES = 6
 """Float copies of a batch of images while the two views are made (input, crops, colour ops)."""
 
