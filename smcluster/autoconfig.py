@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from smcluster.config import PRESETS, Config, merge, stage1_training
+from smcluster.data.npz import npz_field_shape
 from smcluster.memory import available_memory
 
 __all__ = [
@@ -290,21 +290,6 @@ def dotted(settings: dict[str, Any], where: str = "") -> list[str]:
     return names
 
 
-def _npz_shape(path: Path, field: str) -> tuple[int, ...] | None:
-    """The shape of one array of an ``.npz``, from its header (no data read)."""
-    try:
-        with zipfile.ZipFile(path) as archive, archive.open(f"{field}.npy") as handle:
-            version = np.lib.format.read_magic(handle)
-            read = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            return tuple(read(handle)[0])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None
-
-
 def _image_array_shape(shape: tuple[int, ...] | None) -> tuple[int, int, int, int] | None:
     if shape is None or len(shape) not in (3, 4):
         return None
@@ -338,7 +323,7 @@ def source_shape(source: str) -> tuple[int, int, int, int] | None:
     if path.is_dir():
         return _folder_shape(path)
     if path.suffix.lower() == ".npz" and path.is_file():
-        return _image_array_shape(_npz_shape(path, "images"))
+        return _image_array_shape(npz_field_shape(path, "images"))
     return None
 
 
@@ -346,7 +331,7 @@ def embeddings_shape(path: str | Path) -> tuple[int, int] | None:
     """(N, D) of an embeddings file from its header, or None."""
     path = Path(path).expanduser()
     if path.suffix.lower() == ".npz":
-        shape = _npz_shape(path, "embeddings")
+        shape = npz_field_shape(path, "embeddings")
     else:
         try:
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape

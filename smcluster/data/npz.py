@@ -65,20 +65,27 @@ def load_npz(
     )
 
 
-def npz_image_shape(path: str | Path) -> tuple[int, int, int] | None:
-    """``(width, height, channels)`` of the images in an ``.npz`` file, read from the array's
-    header without loading the pixels; None when the header does not tell (``load_npz`` then
-    says why)."""
+def npz_field_shape(path: str | Path, field: str) -> tuple[int, ...] | None:
+    """The shape of one array of an ``.npz`` file, read from its header without loading the
+    data; None when the header does not tell (the loader then says why)."""
     try:
-        with zipfile.ZipFile(path) as archive, archive.open(f"{IMAGES}.npy") as handle:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{field}.npy") as handle:
             version = np.lib.format.read_magic(handle)
             read = (
                 np.lib.format.read_array_header_1_0
                 if version == (1, 0)
                 else np.lib.format.read_array_header_2_0
             )
-            shape = read(handle)[0]
+            return tuple(read(handle)[0])
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def npz_image_shape(path: str | Path) -> tuple[int, int, int] | None:
+    """``(width, height, channels)`` of the images in an ``.npz`` file, from the array's
+    header (``npz_field_shape``); None when the header does not tell."""
+    shape = npz_field_shape(path, IMAGES)
+    if shape is None:
         return None
     if len(shape) == 3:
         return shape[2], shape[1], 1
