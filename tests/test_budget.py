@@ -11,6 +11,7 @@ import yaml
 
 from smcluster.api import SMCluster, build_config
 from smcluster.budget import (
+    PLANNED_SHARE,
     Measured,
     later_seconds,
     parse_duration,
@@ -80,12 +81,13 @@ def test_the_plan_fills_the_budget_without_passing_it(budget: float) -> None:
     plan = plan_epochs(config, measured, budget)
     total = measured.spent_seconds + plan.stage1_seconds + plan.later_seconds
     one_more = total + measured.epoch_seconds
+    planned = PLANNED_SHARE * budget  # a margin for what the timed steps miss
     assert 1 <= plan.features_epochs <= 300
     assert plan.clustering_epochs >= 10
     if plan.features_epochs > 1:
-        assert total <= budget
+        assert total <= planned
     if plan.features_epochs < 300:
-        assert one_more > budget
+        assert one_more > planned
     assert plan.features_warmup_epochs < plan.features_epochs
     assert plan.later_seconds == later_seconds(config, measured, plan.clustering_epochs)
 
@@ -96,7 +98,7 @@ def test_stage_three_is_cut_to_half_the_budget_but_not_below_its_floor() -> None
     assert plan_epochs(config, measured, 20_000).clustering_epochs == 100
     cut = plan_epochs(config, measured, 1200)
     assert 10 <= cut.clustering_epochs < 100
-    assert cut.later_seconds <= 0.5 * (1200 - measured.spent_seconds)
+    assert cut.later_seconds <= 0.5 * (PLANNED_SHARE * 1200 - measured.spent_seconds)
     assert plan_epochs(config, measured, 100).clustering_epochs == 10
 
 
