@@ -129,7 +129,7 @@ def load_run(run: str | Path, *, images: bool = True) -> RunData:
             "--resume` first"
         )
     ids, clusters, confidence, labels = _read_assignments(root / ASSIGNMENTS)
-    probabilities = _load_array(root / PROBABILITIES)
+    probabilities = _load_array(root / PROBABILITIES, mmap=True)  # only its shape is read
     n_clusters = int(config.n_clusters)
     if probabilities is not None and probabilities.shape[0] == len(ids):
         n_clusters = max(n_clusters, int(probabilities.shape[1]))
