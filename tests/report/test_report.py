@@ -223,3 +223,25 @@ def test_a_run_that_chose_its_number_of_clusters_plots_the_search(
     assert "k-search.png" in {p.name for p in write_figures(run, embedding=False)}
     fixed = demo_report.read_text()
     assert "Number of clusters" not in fixed and "k-search.png" not in fixed
+
+
+def test_the_report_maps_the_probabilities_instead_of_reading_them(
+    run_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the array's shape is used: at 10^6 images x 1000 clusters a read costs 4 GB."""
+    from smcluster.report.rundata import load_run
+
+    data = load_run(run_copy, images=False)
+    loaded = np.load(run_copy / "probabilities.npy", mmap_mode="r")
+    assert data.n_clusters == loaded.shape[1]
+    opened: list[Any] = []
+    real_load = np.load
+
+    def spy(path, *args, **kwargs):
+        opened.append((Path(path).name, kwargs.get("mmap_mode")))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", spy)
+    load_run(run_copy, images=False)
+    assert ("probabilities.npy", "r") in opened
+    assert ("probabilities.npy", None) not in opened
