@@ -372,6 +372,18 @@ class RunContext:
         return EpochCheckpoints(self.folder, stage, self.clock, timed_as)
 
 
+def _mining_inputs(run: RunContext, stage_one: StageOne, **extra: Any) -> MiningInputs:
+    """Stage 2's inputs from stage 1's arrays (``extra``: MiningInputs' optional fields)."""
+    return MiningInputs(
+        stage_one.features,
+        stage_one.strong_features,
+        stage_one.weak_embeddings,
+        run.config,
+        run.fabric.device,
+        **extra,
+    )
+
+
 def _stage_choose_k(run: RunContext, stage_one: StageOne) -> tuple[RunContext, np.ndarray | None]:
     """Choose the number of clusters in the range ``n_clusters`` gives (``stages.choose_k``).
 
@@ -387,14 +399,7 @@ def _stage_choose_k(run: RunContext, stage_one: StageOne) -> tuple[RunContext, n
     saved = folder.load_json("k_search") if folder.path("k_search").exists() else None
     instance = None
     if saved is None:
-        inputs = MiningInputs(
-            stage_one.features,
-            stage_one.strong_features,
-            stage_one.weak_embeddings,
-            config,
-            run.fabric.device,
-        )
-        instance = instance_neighbours(inputs)
+        instance = instance_neighbours(_mining_inputs(run, stage_one))
         q = config.mining.q
         search = choose_n_clusters(
             stage_one.embeddings,
@@ -440,12 +445,9 @@ def _stage_neighbours(
     weighted = config.mining.weighting != "none"
     weights = folder.load_array("neighbour_weights") if weighted else None
     if neighbours is None or knn is None or (weighted and weights is None):
-        inputs = MiningInputs(
-            stage_one.features,
-            stage_one.strong_features,
-            stage_one.weak_embeddings,
-            config,
-            run.fabric.device,
+        inputs = _mining_inputs(
+            run,
+            stage_one,
             on_epoch_end=run.epoch_checkpoints("mining-head", "neighbours"),
             checkpoint=folder.resume_point("mining-head"),
             instance=instance,
