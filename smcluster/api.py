@@ -30,6 +30,7 @@ from smcluster.autoconfig import (
 )
 from smcluster.budget import settle_explicit_epochs
 from smcluster.config import (
+    DEFAULT_METHOD,
     Config,
     load_settings,
     merge,
@@ -124,7 +125,7 @@ def build_settings(
         layer = choice.overrides
     else:
         layer = preset(preset_name) if preset_name is not None else {}
-    base = Config().updated(method(method_name)) if method_name is not None else Config()
+    base = Config().updated(method(method_name or DEFAULT_METHOD))
     config = base.updated(layer).updated(explicit).validate()
     return settle_explicit_epochs(config, [explicit]), choice
 

@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--method",
         choices=sorted(METHODS),
-        help="a whole method: paper (METHOD.md exactly), scan (SimCLR + kNN), best; under "
+        help="a whole method: best (the default: the best measured), paper (METHOD.md exactly), "
+        "scan (SimCLR + kNN); under "
         "--preset, --config and flags",
     )
     fit.add_argument("--mining", choices=typing.get_args(MiningMethod))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from smcluster.api import build_config
-from smcluster.config import Config, method, preset
+from smcluster.config import DEFAULT_METHOD, Config, method, preset
 
 
 def test_config_file_overrides_the_preset_and_flags_override_the_file(tmp_path) -> None:
-    """defaults < preset < config file < overrides < n_clusters."""
+    """defaults < method < preset < config file < overrides < n_clusters."""
     path = tmp_path / "tuned.yaml"
     path.write_text("n_clusters: 7\nfeatures:\n  epochs: 7\n  lr: 0.2\nmining:\n  q: 3\n")
-    demo = Config().updated(preset("demo"))
+    demo = Config().updated(method(DEFAULT_METHOD)).updated(preset("demo"))
     c = build_config(preset_name="demo", config=path)
     assert (c.features.epochs, c.features.lr, c.mining.q, c.n_clusters) == (7, 0.2, 3, 7)
     assert demo.features.epochs != 7 and demo.mining.q != 3
