@@ -33,6 +33,7 @@ the same partition, so recording several criteria of one partition costs one tra
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,12 +78,45 @@ class SearchInputs:
     sample: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _reduced: np.ndarray | None = field(default=None, repr=False)
+    _null: np.ndarray | None = field(default=None, repr=False)
+    _cache: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
     @property
     def reduced(self) -> np.ndarray:
         if self._reduced is None:
             self._reduced = pca_reduce(self.embeddings, self.dims, self.seed)
         return self._reduced
+
+    @property
+    def null(self) -> np.ndarray:
+        """A reference without clusters: a Gaussian with ``reduced``'s covariance.
+
+        The principal axes are uncorrelated, so the covariance is each axis's variance: the
+        reference has the data's spread along every axis and no clusters (Tibshirani et al.'s
+        2001 reference aligned with the principal components; a Gaussian rather than a
+        permutation of each axis, which would keep an axis's own modes).
+        """
+        if self._null is None:
+            rng = np.random.default_rng(stage_seed(self.seed, "choose-k-null", 0))
+            x = self.reduced
+            noise = rng.standard_normal(x.shape).astype(np.float32)
+            self._null = noise * x.std(0, keepdims=True)
+        return self._null
+
+    def halves(self) -> tuple[np.ndarray, np.ndarray]:
+        """A fixed random split of the images into two halves (indices A, B)."""
+        if ("halves", 0) not in self._cache:
+            rng = np.random.default_rng(stage_seed(self.seed, "choose-k-halves", 0))
+            order = rng.permutation(len(self.embeddings))
+            self._cache["halves", 0] = (order[: len(order) // 2], order[len(order) // 2 :])
+        return self._cache["halves", 0]
+
+    def cached(self, key: str, k: int, make: Callable[[], Any]) -> Any:
+        """``make()``, once per (``key``, ``k``): what a score at K needs that its partition
+        does not change (a reference's score, a half's own clustering)."""
+        if (key, k) not in self._cache:
+            self._cache[key, k] = make()
+        return self._cache[key, k]
 
 
 Partition = Callable[[SearchInputs, int], np.ndarray]
@@ -123,25 +157,37 @@ def scan_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
     return [head_probabilities(heads, plain, h).argmax(1).numpy() for h in range(len(heads))]
 
 
-def kmeans_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
-    """Faiss k-means (20 iterations) on the PCA-reduced features, ``inputs.tries`` restarts."""
+def kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 1) -> np.ndarray:
+    """Faiss k-means (20 iterations; the lowest-error of ``restarts``): each row's cluster."""
     import faiss
 
-    x = np.ascontiguousarray(inputs.reduced)
-    out = []
-    for attempt in range(inputs.tries):
-        kmeans = faiss.Kmeans(
-            x.shape[1],
-            k,
-            niter=20,
-            seed=stage_seed(inputs.seed, f"choose-k-{k}", attempt),
-            min_points_per_centroid=1,
-            max_points_per_centroid=256,
-            verbose=False,
-        )
-        kmeans.train(x)
-        out.append(kmeans.index.search(x, 1)[1][:, 0].astype(np.int64))
-    return out
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    model = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=20,
+        seed=seed,
+        nredo=restarts,
+        min_points_per_centroid=1,
+        max_points_per_centroid=256,
+        verbose=False,
+    )
+    model.train(x)
+    return model.index.search(x, 1)[1][:, 0].astype(np.int64)
+
+
+def kmeans_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
+    """Faiss k-means (20 iterations) on the PCA-reduced features, ``inputs.tries`` restarts."""
+    return [
+        kmeans(inputs.reduced, k, stage_seed(inputs.seed, f"choose-k-{k}", attempt))
+        for attempt in range(inputs.tries)
+    ]
+
+
+def kmeans_best_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
+    """The k-means of the reduced features with the lowest error of ``inputs.tries`` restarts:
+    one partition, so a score is not the luckiest of several (stability scores would be)."""
+    return [kmeans(inputs.reduced, k, stage_seed(inputs.seed, f"choose-k-{k}", 0), inputs.tries)]
 
 
 def _pair_counts(labels: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
@@ -224,12 +270,185 @@ def silhouette(inputs: SearchInputs, labels: np.ndarray) -> float:
     )
 
 
-PARTITIONS: dict[str, Partition] = {"scan": scan_partition, "kmeans": kmeans_partition}
+def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two labelings, from sparse pair counts (never K x K)."""
+    n = len(a)
+    _, joint = np.unique(a * (int(b.max()) + 1) + b, return_counts=True)
+
+    def pairs(counts: np.ndarray) -> float:
+        counts = counts.astype(np.float64)
+        return float((counts * (counts - 1)).sum() / 2)
+
+    both = pairs(joint)
+    rows, cols = pairs(np.bincount(a)), pairs(np.bincount(b))
+    total = n * (n - 1) / 2
+    expected = rows * cols / total
+    top = 0.5 * (rows + cols)
+    return 0.0 if top == expected else (both - expected) / (top - expected)
+
+
+def centroid_transfer(x: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray):
+    """Labels of ``x[test]`` by the nearest class mean of ``x[train]`` under ``labels[train]``:
+    the closed-form linear classifier (argmax of c.x - |c|^2 / 2) the partition defines."""
+    import faiss
+
+    k = int(labels.max()) + 1
+    y = labels[train]
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    np.add.at(sums, y, x[train])
+    present = np.bincount(y, minlength=k) > 0
+    means = (sums[present] / np.bincount(y, minlength=k)[present, None]).astype(np.float32)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(np.ascontiguousarray(means))
+    return index.search(np.ascontiguousarray(x[test], dtype=np.float32), 1)[1][:, 0]
+
+
+def _transfer_agreement(
+    inputs: SearchInputs,
+    x: np.ndarray,
+    labels: np.ndarray,
+    key: str,
+    agreement: Callable[[np.ndarray, np.ndarray], float],
+) -> float:
+    """Agreement on half B between the classifier fit on half A's ``labels`` and B's own
+    k-means."""
+    a, b = inputs.halves()
+    k = int(labels.max()) + 1
+    seed = stage_seed(inputs.seed, f"choose-k-{key}-{k}", 0)
+    own = inputs.cached(key, k, lambda: kmeans(x[b], k, seed, inputs.tries))
+    return agreement(centroid_transfer(x, labels, a, b), own)
+
+
+def hungarian_accuracy(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of images on which two labelings agree after the best one-to-one map."""
+    from smcluster.metrics import cluster_accuracy
+
+    return cluster_accuracy(b, a)
+
+
+AGREEMENTS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "ari": adjusted_rand,
+    "acc": hungarian_accuracy,
+}
+
+
+def probe_stability(inputs: SearchInputs, labels: np.ndarray, agreement: str = "ari") -> float:
+    """Clest-style prediction agreement above a no-cluster reference (Dudoit and Fridlyand 2002).
+
+    A linear classifier (nearest class mean, closed form) is fit on a random half of the images
+    labelled by the partition; its predictions on the other half are compared (ARI) with that
+    half's own k-means at the same K (the best of ``inputs.tries`` restarts). The same is done
+    on ``inputs.null`` (a Gaussian of the same spread, no clusters), and its ARI is subtracted,
+    so a K is preferred only where the partition transfers better than a partition of
+    structureless data does (a k-means of few clusters transfers well on any elongated cloud).
+    """
+    k = int(labels.max()) + 1
+    agree = AGREEMENTS[agreement]
+    real = _transfer_agreement(inputs, inputs.reduced, labels, "probe-half", agree)
+
+    def reference() -> float:
+        null = null_partition(inputs, k)
+        return _transfer_agreement(inputs, inputs.null, null, "null-half", agree)
+
+    return real - inputs.cached(f"probe-null-{agreement}", k, reference)
+
+
+def null_partition(inputs: SearchInputs, k: int) -> np.ndarray:
+    """The k-means of ``inputs.null`` at ``k`` (best of ``inputs.tries`` restarts), cached."""
+    seed = stage_seed(inputs.seed, f"choose-k-null-{k}", 0)
+    return inputs.cached("null", k, lambda: kmeans(inputs.null, k, seed, inputs.tries))
+
+
+def within_dispersion(x: np.ndarray, labels: np.ndarray) -> float:
+    """Sum over clusters of the squared distances to the cluster's mean."""
+    k = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    sums = np.zeros((k, x.shape[1]))
+    np.add.at(sums, labels, x.astype(np.float64))
+    present = counts > 0
+    return float(
+        (x.astype(np.float64) ** 2).sum() - ((sums[present] ** 2).sum(1) / counts[present]).sum()
+    )
+
+
+def gap(inputs: SearchInputs, labels: np.ndarray) -> float:
+    """Tibshirani et al.'s (2001) gap: log W_null(K) - log W(K), W the within-cluster sum of
+    squares, the reference ``inputs.null`` (one draw, its k-means at the same K); the K of the
+    largest gap (not the paper's one-standard-error rule, which needs several draws)."""
+    k = int(labels.max()) + 1
+    null = inputs.cached(
+        "gap-null", k, lambda: np.log(within_dispersion(inputs.null, null_partition(inputs, k)))
+    )
+    return null - np.log(max(within_dispersion(inputs.reduced, labels), 1e-12))
+
+
+CODING_EPS = 0.5
+"""The coding criterion's distortion: the root-mean-square error allowed per reduced feature
+vector, in units of the L2-normalised features' norm (1): an image is coded to within cosine
+1 - eps^2 / 2 = 0.875 of its feature; see ``coding_score``."""
+
+CODING_DIMS = 16
+"""The leading principal axes the coding criterion codes: a cluster's covariance costs about
+d^2 / 2 numbers, so with few images per cluster more axes bias the length to small K."""
+
+
+def coding_length(x: np.ndarray, labels: np.ndarray, eps: float) -> float:
+    """Bits to code ``x`` (N x d) up to distortion ``eps`` given the partition (Ma et al. 2007).
+
+    Per cluster of n_k vectors with mean mu_k and covariance S_k:
+    (n_k + d) / 2 log2 det(I + d / eps^2 S_k) + d / 2 log2(1 + |mu_k|^2 / eps^2), plus the
+    membership's n_k log2(n / n_k). O(N d^2 + K d^3), no N x N.
+    """
+    n, d = x.shape
+    k = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=k)
+    keep = counts > 0
+    xd = x.astype(np.float64)
+    sums = np.zeros((k, d))
+    np.add.at(sums, labels, xd)
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[keep]
+    outer = np.add.reduceat(xd[order][:, :, None] * xd[order][:, None, :], starts, axis=0)
+    nk = counts[keep].astype(np.float64)
+    mu = sums[keep] / nk[:, None]
+    cov = outer / nk[:, None, None] - mu[:, :, None] * mu[:, None, :]
+    _, logdet = np.linalg.slogdet(np.eye(d) + (d / eps**2) * cov)
+    bits = (nk + d) / 2 * logdet / np.log(2) + d / 2 * np.log2(1 + (mu**2).sum(1) / eps**2)
+    return float(bits.sum() + (nk * np.log2(n / nk)).sum())
+
+
+def coding_score(
+    inputs: SearchInputs, labels: np.ndarray, eps: float = CODING_EPS, dims: int = CODING_DIMS
+) -> float:
+    """Minus the lossy coding length (``coding_length``, bits per image) of the features'
+    ``dims`` leading principal axes (of ``inputs.reduced``).
+
+    Splitting a Gaussian cluster saves little in the log-determinant and pays a second model
+    (the d / 2 factor and the mean) and membership bits; merging two distinct clusters inflates
+    the merged covariance's determinant for every image in it. The criterion does not read the
+    neighbours. ``CODING_EPS`` is fixed, not fitted to a data set: the features are on the unit
+    sphere, so eps is a fraction of a feature's norm.
+    """
+    return -coding_length(inputs.reduced[:, :dims], labels, eps) / len(labels)
+
+
+PARTITIONS: dict[str, Partition] = {
+    "scan": scan_partition,
+    "kmeans": kmeans_partition,
+    "kmeans1": kmeans_best_partition,
+}
 SCORES: dict[str, Score] = {
     "nmi": neighbour_nmi,
     "kappa": neighbour_kappa,
     "mapeq": map_equation,
     "silhouette": silhouette,
+    "probe": probe_stability,
+    "probe-acc": functools.partial(probe_stability, agreement="acc"),
+    "coding": coding_score,
+    "coding-eps0.25": functools.partial(coding_score, eps=0.25),
+    "coding-eps1": functools.partial(coding_score, eps=1.0),
+    "coding-32d": functools.partial(coding_score, dims=32),
+    "gap": gap,
 }
 CRITERIA: dict[str, tuple[str, str]] = {
     "scan-mapeq": ("scan", "mapeq"),
@@ -239,6 +458,13 @@ CRITERIA: dict[str, tuple[str, str]] = {
     "kmeans-nmi": ("kmeans", "nmi"),
     "kmeans-kappa": ("kmeans", "kappa"),
     "kmeans-silhouette": ("kmeans", "silhouette"),
+    "kmeans-probe": ("kmeans1", "probe"),
+    "kmeans-probe-acc": ("kmeans1", "probe-acc"),
+    "kmeans-coding": ("kmeans1", "coding"),
+    "kmeans-coding-eps0.25": ("kmeans1", "coding-eps0.25"),
+    "kmeans-coding-eps1": ("kmeans1", "coding-eps1"),
+    "kmeans-coding-32d": ("kmeans1", "coding-32d"),
+    "kmeans-gap": ("kmeans1", "gap"),
 }
 """Criterion name -> (partition, score)."""
 
