@@ -371,7 +371,7 @@ def probe_stability(inputs: SearchInputs, labels: np.ndarray, agreement: str = "
 
     A linear classifier (nearest class mean, closed form) is fit on a random half of the images
     labelled by the partition; its predictions on the other half are compared with that half's
-    own k-means at the same K (one k-means++ start), and the halves swap
+    own k-means at the same K (the best of ``inputs.tries`` starts), and the halves swap
     roles; ``agreement`` names the comparison in ``AGREEMENTS``: ``acc``, the share of images
     on which the two agree after the best one-to-one map of clusters (Hungarian), or ``ari``.
     The same is done on ``inputs.null`` (a Gaussian of the same spread, no clusters) and its
@@ -392,9 +392,9 @@ def probe_stability(inputs: SearchInputs, labels: np.ndarray, agreement: str = "
 
 
 def null_partition(inputs: SearchInputs, k: int) -> np.ndarray:
-    """The k-means of ``inputs.null`` at ``k`` (one k-means++ start), cached."""
+    """The k-means of ``inputs.null`` at ``k`` (best of ``inputs.tries`` starts), cached."""
     seed = stage_seed(inputs.seed, f"choose-k-null-{k}", 0)
-    return inputs.cached("null", k, lambda: kmeans_pp(inputs.null, k, seed))
+    return inputs.cached("null", k, lambda: kmeans_pp(inputs.null, k, seed, inputs.tries))
 
 
 def within_dispersion(x: np.ndarray, labels: np.ndarray) -> float:
