@@ -348,7 +348,9 @@ def _transfer_agreement(
     out = []
     for side, (train, test) in enumerate([inputs.halves(), inputs.halves()[::-1]]):
         seed = stage_seed(inputs.seed, f"choose-k-{key}-{k}", side)
-        own = inputs.cached(f"{key}-{side}", k, functools.partial(kmeans_pp, x[test], k, seed))
+        own = inputs.cached(
+            f"{key}-{side}", k, functools.partial(kmeans_pp, x[test], k, seed, inputs.tries)
+        )
         out.append(agreement(centroid_transfer(x, labels, train, test), own))
     return float(np.mean(out))
 
