@@ -22,6 +22,10 @@ Features (``--features``):
     python benchmarks/choose_k.py --dataset mnist-10k omniglot-100 --seeds 0 1 2
     python benchmarks/choose_k.py --features-from runs/bench/cpu/mnist-10k/f-seed0 --seeds 0
 
+``--names`` labels the run folders in the tables; ``--peaks 2`` refines around each curve's two
+highest local maxima (a sharp peak the coarse grid stepped over); ``--time-alone CRITERION...``
+also times each named criterion's search on its own.
+
 Results: ``benchmarks/results/choose-k-<tag>.json`` and ``.md``.
 """
 

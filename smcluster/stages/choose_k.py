@@ -8,7 +8,10 @@ Partitions (``PARTITIONS``):
 
 - ``scan``: a few ``ClusterHeads`` trained for a few epochs with the SCAN loss on the stored
   features (``train_heads_on_embeddings``), the lowest-loss head's argmax (``select_head``);
-- ``kmeans``: k-means on a PCA-reduced copy of the L2-normalised features.
+- ``kmeans``: k-means on a PCA-reduced copy of the L2-normalised features (``tries`` random
+  starts, each scored);
+- ``kmeans1``: one k-means of the same, from k-means++ seeds, the lowest-error of ``tries``
+  starts (for scores that a lucky start would flatter).
 
 Scores of a partition (higher is better):
 
@@ -20,11 +23,23 @@ Scores of a partition (higher is better):
   expected by chance given the cluster sizes (Cohen's kappa);
 - ``mapeq``: minus the map equation's code length of a random walk on the neighbour graph;
 - ``silhouette``: the silhouette of the partition on a sample of the reduced features
-  (O(sample^2) distances, never N x N).
+  (O(sample^2) distances, never N x N);
+- ``probe``: Clest-style transfer (``probe_stability``): a linear classifier fit on one half
+  of the images labelled by the partition predicts the other half, scored against that half's
+  own k-means (Hungarian accuracy; ``probe-ari``: ARI), minus the same on a Gaussian of the
+  same spread (no clusters). Reads no neighbours;
+- ``coding``: minus the lossy coding length of the reduced features given the partition (Ma
+  et al. 2007; ``coding_score``), distortion a fixed share of the features' variance (ablations
+  ``coding-d0.1``, ``coding-d0.5``, ``coding-32d``, ``coding-eps0.5``). Reads no neighbours;
+- ``gap``: log within-cluster dispersion of the reference minus that of the features
+  (Tibshirani et al. 2001, one reference draw). Reads no neighbours.
 
 The default, ``scan-nmi``, was the one within 25 % of the true K on planted mixtures and on
 stage-1 features of digits and MNIST (benchmarks/results/choose-k-*.md); on weak features
-(neighbour purity below 0.2) it runs to the top of the range.
+(neighbour purity below 0.2) it runs to the top of the range. On later SimCLR stage-1 features
+(choose-k-2026-12-02-criteria.md) ``kmeans-probe`` and ``kmeans-coding`` found MNIST-10k's 10
+where ``scan-nmi`` chose 2-3, and no criterion came near Omniglot's 200 or 964, so the default
+is unchanged.
 
 ``CRITERIA`` names a (partition, score) pair; every score of one partition at one K comes from
 the same partition, so recording several criteria of one partition costs one training per K.
