@@ -22,6 +22,10 @@ Features (``--features``):
     python benchmarks/choose_k.py --dataset mnist-10k omniglot-100 --seeds 0 1 2
     python benchmarks/choose_k.py --features-from runs/bench/cpu/mnist-10k/f-seed0 --seeds 0
 
+``--names`` labels the run folders in the tables; ``--peaks 2`` refines around each curve's two
+highest local maxima (a sharp peak the coarse grid stepped over); ``--time-alone CRITERION...``
+also times each named criterion's search on its own.
+
 Results: ``benchmarks/results/choose-k-<tag>.json`` and ``.md``.
 """
 
@@ -224,6 +228,7 @@ def measure(
         record=args.criteria[1:],
         budget_epochs=args.budget_epochs,
         tries=args.tries,
+        peaks=args.peaks,
     )
     inputs = SearchInputs(
         embeddings,
@@ -236,6 +241,19 @@ def measure(
         32,
         4000,
     )
+    alone = {}
+    for criterion in args.time_alone:
+        alone[criterion] = choose_n_clusters(
+            embeddings,
+            neighbours,
+            grid(lo, hi, args.points),
+            config,
+            seed=seed,
+            criterion=criterion,
+            budget_epochs=args.budget_epochs,
+            tries=args.tries,
+            peaks=args.peaks,
+        ).seconds
     per_criterion = {}
     for criterion in search.scores:
         chosen = search.best(criterion)
@@ -258,6 +276,7 @@ def measure(
         "search": search.to_dict(),
         "criteria": per_criterion,
         "search_seconds": search.seconds,
+        "alone_seconds": alone,
         "reference_stage3_seconds": reference,
         "reference": f"{config.heads} heads x {config.epochs} epochs at K = {true_k}",
     }
@@ -267,8 +286,8 @@ def table(rows: list[dict[str, Any]], criteria: list[str]) -> str:
     """Markdown: per data set, each criterion's estimates over seeds and its partition's ACC."""
     lines = [
         "| data set | true K | kNN purity | criterion | estimates (seeds) | within 25 % | "
-        "ACC / NMI at estimate | ACC / NMI at true K | search s (x stage 3) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "ACC / NMI at estimate | ACC / NMI at true K | search s (x stage 3) | alone s (x) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         group = [r for r in rows if r["dataset"] == name]
@@ -279,11 +298,19 @@ def table(rows: list[dict[str, Any]], criteria: list[str]) -> str:
             at_true = np.mean([[g["at_true"]["acc"], g["at_true"]["nmi"]] for g in got], 0)
             secs = np.mean([r["search_seconds"] for r in group])
             ratio = np.mean([r["search_seconds"] / r["reference_stage3_seconds"] for r in group])
+            timed = [r for r in group if criterion in r.get("alone_seconds", {})]
+            own = "-"
+            if timed:
+                own_s = np.mean([r["alone_seconds"][criterion] for r in timed])
+                own_x = np.mean(
+                    [r["alone_seconds"][criterion] / r["reference_stage3_seconds"] for r in timed]
+                )
+                own = f"{own_s:.1f} ({own_x:.2f})"
             lines.append(
                 f"| {name} | {group[0]['true_k']} | {group[0]['neighbour_purity']:.2f} | "
                 f"{criterion} | {', '.join(str(g['chosen']) for g in got)} | "
                 f"{within}/{len(got)} | {at_est[0]:.3f} / {at_est[1]:.3f} | "
-                f"{at_true[0]:.3f} / {at_true[1]:.3f} | {secs:.0f} ({ratio:.2f}) |"
+                f"{at_true[0]:.3f} / {at_true[1]:.3f} | {secs:.0f} ({ratio:.2f}) | {own} |"
             )
     return "\n".join(lines)
 
@@ -308,6 +335,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA))
+    parser.add_argument(
+        "--names",
+        nargs="*",
+        default=[],
+        help="with --features-from: a name per run folder for the tables (default: its name)",
+    )
+    parser.add_argument(
+        "--time-alone",
+        nargs="*",
+        default=[],
+        choices=list(CRITERIA),
+        help="criteria whose search is also timed on its own (the recorded search's seconds "
+        "are the cost of all --criteria at once)",
+    )
     parser.add_argument("--points", type=int, default=10, help="candidate K in the grid")
     parser.add_argument(
         "--range",
@@ -325,6 +366,13 @@ def main(argv: list[str] | None = None) -> None:
         " or the run's)",
     )
     parser.add_argument("--tries", type=int, default=3)
+    parser.add_argument(
+        "--peaks",
+        type=int,
+        default=1,
+        help="refine around this many of each criterion's highest local maxima (default 1: "
+        "around its best K only, as the earlier tables)",
+    )
     parser.add_argument("--reference-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared-data", default=None)
@@ -334,7 +382,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
     sources: list[tuple[str, Any]] = [(name, None) for name in args.dataset] if not args.run else []
-    sources += [(run.name, run) for run in args.run]
+    if args.names and len(args.names) != len(args.run):
+        parser.error("--names needs one name per --features-from folder")
+    sources += [
+        (name, run)
+        for name, run in zip(args.names or [r.name for r in args.run], args.run, strict=True)
+    ]
     for name, run in sources:
         if run is None:
             spec = DATASETS[name]

@@ -8,7 +8,10 @@ Partitions (``PARTITIONS``):
 
 - ``scan``: a few ``ClusterHeads`` trained for a few epochs with the SCAN loss on the stored
   features (``train_heads_on_embeddings``), the lowest-loss head's argmax (``select_head``);
-- ``kmeans``: k-means on a PCA-reduced copy of the L2-normalised features.
+- ``kmeans``: k-means on a PCA-reduced copy of the L2-normalised features (``tries`` random
+  starts, each scored);
+- ``kmeans1``: one k-means of the same, from k-means++ seeds, the lowest-error of ``tries``
+  starts (for scores that a lucky start would flatter).
 
 Scores of a partition (higher is better):
 
@@ -20,11 +23,23 @@ Scores of a partition (higher is better):
   expected by chance given the cluster sizes (Cohen's kappa);
 - ``mapeq``: minus the map equation's code length of a random walk on the neighbour graph;
 - ``silhouette``: the silhouette of the partition on a sample of the reduced features
-  (O(sample^2) distances, never N x N).
+  (O(sample^2) distances, never N x N);
+- ``probe``: Clest-style transfer (``probe_stability``): a linear classifier fit on one half
+  of the images labelled by the partition predicts the other half, scored against that half's
+  own k-means (Hungarian accuracy; ``probe-ari``: ARI), minus the same on a Gaussian of the
+  same spread (no clusters). Reads no neighbours;
+- ``coding``: minus the lossy coding length of the reduced features given the partition (Ma
+  et al. 2007; ``coding_score``), distortion a fixed share of the features' variance (ablations
+  ``coding-d0.1``, ``coding-d0.5``, ``coding-32d``, ``coding-eps0.5``). Reads no neighbours;
+- ``gap``: log within-cluster dispersion of the reference minus that of the features
+  (Tibshirani et al. 2001, one reference draw). Reads no neighbours.
 
 The default, ``scan-nmi``, was the one within 25 % of the true K on planted mixtures and on
 stage-1 features of digits and MNIST (benchmarks/results/choose-k-*.md); on weak features
-(neighbour purity below 0.2) it runs to the top of the range.
+(neighbour purity below 0.2) it runs to the top of the range. On later SimCLR stage-1 features
+(choose-k-2026-12-02-criteria.md) ``kmeans-probe`` and ``kmeans-coding`` found MNIST-10k's 10
+where ``scan-nmi`` chose 2-3, and no criterion came near Omniglot's 200 or 964, so the default
+is unchanged.
 
 ``CRITERIA`` names a (partition, score) pair; every score of one partition at one K comes from
 the same partition, so recording several criteria of one partition costs one training per K.
@@ -33,6 +48,7 @@ the same partition, so recording several criteria of one partition costs one tra
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,12 +93,45 @@ class SearchInputs:
     sample: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _reduced: np.ndarray | None = field(default=None, repr=False)
+    _null: np.ndarray | None = field(default=None, repr=False)
+    _cache: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
 
     @property
     def reduced(self) -> np.ndarray:
         if self._reduced is None:
             self._reduced = pca_reduce(self.embeddings, self.dims, self.seed)
         return self._reduced
+
+    @property
+    def null(self) -> np.ndarray:
+        """A reference without clusters: a Gaussian with ``reduced``'s covariance.
+
+        The principal axes are uncorrelated, so the covariance is each axis's variance: the
+        reference has the data's spread along every axis and no clusters (Tibshirani et al.'s
+        2001 reference aligned with the principal components; a Gaussian rather than a
+        permutation of each axis, which would keep an axis's own modes).
+        """
+        if self._null is None:
+            rng = np.random.default_rng(stage_seed(self.seed, "choose-k-null", 0))
+            x = self.reduced
+            noise = rng.standard_normal(x.shape).astype(np.float32)
+            self._null = noise * x.std(0, keepdims=True)
+        return self._null
+
+    def halves(self) -> tuple[np.ndarray, np.ndarray]:
+        """A fixed random split of the images into two halves (indices A, B)."""
+        if ("halves", 0) not in self._cache:
+            rng = np.random.default_rng(stage_seed(self.seed, "choose-k-halves", 0))
+            order = rng.permutation(len(self.embeddings))
+            self._cache["halves", 0] = (order[: len(order) // 2], order[len(order) // 2 :])
+        return self._cache["halves", 0]
+
+    def cached(self, key: str, k: int, make: Callable[[], Any]) -> Any:
+        """``make()``, once per (``key``, ``k``): what a score at K needs that its partition
+        does not change (a reference's score, a half's own clustering)."""
+        if (key, k) not in self._cache:
+            self._cache[key, k] = make()
+        return self._cache[key, k]
 
 
 Partition = Callable[[SearchInputs, int], np.ndarray]
@@ -123,25 +172,69 @@ def scan_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
     return [head_probabilities(heads, plain, h).argmax(1).numpy() for h in range(len(heads))]
 
 
-def kmeans_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
-    """Faiss k-means (20 iterations) on the PCA-reduced features, ``inputs.tries`` restarts."""
+def kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 1) -> np.ndarray:
+    """Faiss k-means (20 iterations; the lowest-error of ``restarts``): each row's cluster."""
     import faiss
 
-    x = np.ascontiguousarray(inputs.reduced)
-    out = []
-    for attempt in range(inputs.tries):
-        kmeans = faiss.Kmeans(
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    model = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=20,
+        seed=seed,
+        nredo=restarts,
+        min_points_per_centroid=1,
+        max_points_per_centroid=256,
+        verbose=False,
+    )
+    model.train(x)
+    return model.index.search(x, 1)[1][:, 0].astype(np.int64)
+
+
+def kmeans_pp(x: np.ndarray, k: int, seed: int, restarts: int = 1) -> np.ndarray:
+    """K-means from k-means++ seeds (Arthur and Vassilvitskii 2007, one trial per seed), 20
+    faiss iterations, the lowest-error of ``restarts``: each row's cluster.
+
+    Random seeds leave two centres in one true cluster and none in another far more often,
+    and a stability score reads those local optima as instability.
+    """
+    import faiss
+    from sklearn.cluster import kmeans_plusplus
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    best, best_error = None, np.inf
+    for attempt in range(max(restarts, 1)):
+        init, _ = kmeans_plusplus(x, k, random_state=(seed + attempt) % 2**31)
+        model = faiss.Kmeans(
             x.shape[1],
             k,
             niter=20,
-            seed=stage_seed(inputs.seed, f"choose-k-{k}", attempt),
+            seed=seed,
             min_points_per_centroid=1,
             max_points_per_centroid=256,
             verbose=False,
         )
-        kmeans.train(x)
-        out.append(kmeans.index.search(x, 1)[1][:, 0].astype(np.int64))
-    return out
+        model.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+        error, labels = model.index.search(x, 1)
+        if float(error.sum()) < best_error:
+            best, best_error = labels[:, 0].astype(np.int64), float(error.sum())
+    return best
+
+
+def kmeans_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
+    """Faiss k-means (20 iterations) on the PCA-reduced features, ``inputs.tries`` restarts."""
+    return [
+        kmeans(inputs.reduced, k, stage_seed(inputs.seed, f"choose-k-{k}", attempt))
+        for attempt in range(inputs.tries)
+    ]
+
+
+def kmeans_best_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
+    """The k-means (k-means++ seeds) of the reduced features with the lowest error of
+    ``inputs.tries`` restarts: one partition, so a score is not the luckiest of several
+    (a stability score would be)."""
+    seed = stage_seed(inputs.seed, f"choose-k-{k}", 0)
+    return [kmeans_pp(inputs.reduced, k, seed, inputs.tries)]
 
 
 def _pair_counts(labels: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
@@ -224,12 +317,205 @@ def silhouette(inputs: SearchInputs, labels: np.ndarray) -> float:
     )
 
 
-PARTITIONS: dict[str, Partition] = {"scan": scan_partition, "kmeans": kmeans_partition}
+def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two labelings, from sparse pair counts (never K x K)."""
+    n = len(a)
+    _, joint = np.unique(a * (int(b.max()) + 1) + b, return_counts=True)
+
+    def pairs(counts: np.ndarray) -> float:
+        counts = counts.astype(np.float64)
+        return float((counts * (counts - 1)).sum() / 2)
+
+    both = pairs(joint)
+    rows, cols = pairs(np.bincount(a)), pairs(np.bincount(b))
+    total = n * (n - 1) / 2
+    expected = rows * cols / total
+    top = 0.5 * (rows + cols)
+    return 0.0 if top == expected else (both - expected) / (top - expected)
+
+
+def centroid_transfer(x: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray):
+    """Labels of ``x[test]`` by the nearest class mean of ``x[train]`` under ``labels[train]``:
+    the closed-form linear classifier (argmax of c.x - |c|^2 / 2) the partition defines."""
+    import faiss
+
+    k = int(labels.max()) + 1
+    y = labels[train]
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    np.add.at(sums, y, x[train])
+    present = np.bincount(y, minlength=k) > 0
+    means = (sums[present] / np.bincount(y, minlength=k)[present, None]).astype(np.float32)
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(np.ascontiguousarray(means))
+    return index.search(np.ascontiguousarray(x[test], dtype=np.float32), 1)[1][:, 0]
+
+
+def _transfer_agreement(
+    inputs: SearchInputs,
+    x: np.ndarray,
+    labels: np.ndarray,
+    key: str,
+    agreement: Callable[[np.ndarray, np.ndarray], float],
+) -> float:
+    """Mean over the two halves of the agreement between the classifier fit on the other
+    half's ``labels`` and the half's own k-means at the same K."""
+    k = int(labels.max()) + 1
+    out = []
+    for side, (train, test) in enumerate([inputs.halves(), inputs.halves()[::-1]]):
+        seed = stage_seed(inputs.seed, f"choose-k-{key}-{k}", side)
+        own = inputs.cached(
+            f"{key}-{side}", k, functools.partial(kmeans_pp, x[test], k, seed, inputs.tries)
+        )
+        out.append(agreement(centroid_transfer(x, labels, train, test), own))
+    return float(np.mean(out))
+
+
+def hungarian_accuracy(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of images on which two labelings agree after the best one-to-one map."""
+    from smcluster.metrics import cluster_accuracy
+
+    return cluster_accuracy(b, a)
+
+
+AGREEMENTS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "ari": adjusted_rand,
+    "acc": hungarian_accuracy,
+}
+
+
+def probe_stability(inputs: SearchInputs, labels: np.ndarray, agreement: str = "acc") -> float:
+    """Clest-style prediction agreement above a no-cluster reference (Dudoit and Fridlyand 2002).
+
+    A linear classifier (nearest class mean, closed form) is fit on a random half of the images
+    labelled by the partition; its predictions on the other half are compared with that half's
+    own k-means at the same K (the best of ``inputs.tries`` starts), and the halves swap
+    roles; ``agreement`` names the comparison in ``AGREEMENTS``: ``acc``, the share of images
+    on which the two agree after the best one-to-one map of clusters (Hungarian), or ``ari``.
+    The same is done on ``inputs.null`` (a Gaussian of the same spread, no clusters) and its
+    agreement is subtracted, so a K is preferred only where the partition transfers better
+    than a partition of structureless data does (a k-means of few clusters transfers well on
+    any elongated cloud). The ARI variant also rewards a stable split into a few groups of
+    true clusters (it chose 2 for 8 planted clusters once in 14 searches; accuracy did not).
+    """
+    k = int(labels.max()) + 1
+    agree = AGREEMENTS[agreement]
+    real = _transfer_agreement(inputs, inputs.reduced, labels, "probe-half", agree)
+
+    def reference() -> float:
+        null = null_partition(inputs, k)
+        return _transfer_agreement(inputs, inputs.null, null, "null-half", agree)
+
+    return real - inputs.cached(f"probe-null-{agreement}", k, reference)
+
+
+def null_partition(inputs: SearchInputs, k: int) -> np.ndarray:
+    """The k-means of ``inputs.null`` at ``k`` (best of ``inputs.tries`` starts), cached."""
+    seed = stage_seed(inputs.seed, f"choose-k-null-{k}", 0)
+    return inputs.cached("null", k, lambda: kmeans_pp(inputs.null, k, seed, inputs.tries))
+
+
+def within_dispersion(x: np.ndarray, labels: np.ndarray) -> float:
+    """Sum over clusters of the squared distances to the cluster's mean."""
+    k = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    sums = np.zeros((k, x.shape[1]))
+    np.add.at(sums, labels, x.astype(np.float64))
+    present = counts > 0
+    return float(
+        (x.astype(np.float64) ** 2).sum() - ((sums[present] ** 2).sum(1) / counts[present]).sum()
+    )
+
+
+def gap(inputs: SearchInputs, labels: np.ndarray) -> float:
+    """Tibshirani et al.'s (2001) gap: log W_null(K) - log W(K), W the within-cluster sum of
+    squares, the reference ``inputs.null`` (one draw, its k-means at the same K); the K of the
+    largest gap (not the paper's one-standard-error rule, which needs several draws)."""
+    k = int(labels.max()) + 1
+    null = inputs.cached(
+        "gap-null", k, lambda: np.log(within_dispersion(inputs.null, null_partition(inputs, k)))
+    )
+    return null - np.log(max(within_dispersion(inputs.reduced, labels), 1e-12))
+
+
+CODING_DISTORTION = 0.25
+"""The coding criterion's distortion eps^2 as a share of the coded features' total variance:
+each image is coded to within a quarter of the data's spread (a signal-to-distortion ratio of
+4, 6 dB); see ``coding_score``."""
+
+CODING_DIMS = 16
+"""The leading principal axes the coding criterion codes: a cluster's covariance costs about
+d^2 / 2 numbers, so with few images per cluster more axes bias the length to small K."""
+
+
+def coding_length(x: np.ndarray, labels: np.ndarray, eps: float) -> float:
+    """Bits to code ``x`` (N x d) up to distortion ``eps`` given the partition (Ma et al. 2007).
+
+    Per cluster of n_k vectors with mean mu_k and covariance S_k:
+    (n_k + d) / 2 log2 det(I + d / eps^2 S_k) + d / 2 log2(1 + |mu_k|^2 / eps^2), plus the
+    membership's n_k log2(n / n_k). O(N d^2 + K d^3), no N x N.
+    """
+    n, d = x.shape
+    k = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=k)
+    keep = counts > 0
+    xd = x.astype(np.float64)
+    sums = np.zeros((k, d))
+    np.add.at(sums, labels, xd)
+    order = np.argsort(labels, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[keep]
+    outer = np.add.reduceat(xd[order][:, :, None] * xd[order][:, None, :], starts, axis=0)
+    nk = counts[keep].astype(np.float64)
+    mu = sums[keep] / nk[:, None]
+    cov = outer / nk[:, None, None] - mu[:, :, None] * mu[:, None, :]
+    _, logdet = np.linalg.slogdet(np.eye(d) + (d / eps**2) * cov)
+    bits = (nk + d) / 2 * logdet / np.log(2) + d / 2 * np.log2(1 + (mu**2).sum(1) / eps**2)
+    return float(bits.sum() + (nk * np.log2(n / nk)).sum())
+
+
+def coding_score(
+    inputs: SearchInputs,
+    labels: np.ndarray,
+    distortion: float = CODING_DISTORTION,
+    dims: int = CODING_DIMS,
+    eps: float | None = None,
+) -> float:
+    """Minus the lossy coding length (``coding_length``, bits per image) of the features'
+    ``dims`` leading principal axes (of ``inputs.reduced``).
+
+    Splitting a Gaussian cluster saves little in the log-determinant and pays a second model
+    (the d / 2 factor and the mean) and membership bits; merging two distinct clusters inflates
+    the merged covariance's determinant for every image in it. The criterion does not read the
+    neighbours. The distortion is eps^2 = ``distortion`` x the coded features' total variance
+    (or a fixed ``eps``): one constant for every data set, in the data's own units, so the
+    choice does not change when the features are scaled. A fixed eps on the unit sphere is not
+    enough: the spread of L2-normalised stage-1 features varies several-fold between runs
+    (total variance 0.13 on Omniglot, 0.8 on planted mixtures), and an eps above the spread
+    codes everything as one cluster.
+    """
+    x = inputs.reduced[:, :dims]
+    if eps is None:
+        eps = float(np.sqrt(distortion * x.var(0).sum()))
+    return -coding_length(x, labels, eps) / len(labels)
+
+
+PARTITIONS: dict[str, Partition] = {
+    "scan": scan_partition,
+    "kmeans": kmeans_partition,
+    "kmeans1": kmeans_best_partition,
+}
 SCORES: dict[str, Score] = {
     "nmi": neighbour_nmi,
     "kappa": neighbour_kappa,
     "mapeq": map_equation,
     "silhouette": silhouette,
+    "probe": probe_stability,
+    "probe-ari": functools.partial(probe_stability, agreement="ari"),
+    "coding": coding_score,
+    "coding-d0.1": functools.partial(coding_score, distortion=0.1),
+    "coding-d0.5": functools.partial(coding_score, distortion=0.5),
+    "coding-32d": functools.partial(coding_score, dims=32),
+    "coding-eps0.5": functools.partial(coding_score, eps=0.5),
+    "gap": gap,
 }
 CRITERIA: dict[str, tuple[str, str]] = {
     "scan-mapeq": ("scan", "mapeq"),
@@ -239,6 +525,14 @@ CRITERIA: dict[str, tuple[str, str]] = {
     "kmeans-nmi": ("kmeans", "nmi"),
     "kmeans-kappa": ("kmeans", "kappa"),
     "kmeans-silhouette": ("kmeans", "silhouette"),
+    "kmeans-probe": ("kmeans1", "probe"),
+    "kmeans-probe-ari": ("kmeans1", "probe-ari"),
+    "kmeans-coding": ("kmeans1", "coding"),
+    "kmeans-coding-d0.1": ("kmeans1", "coding-d0.1"),
+    "kmeans-coding-d0.5": ("kmeans1", "coding-d0.5"),
+    "kmeans-coding-32d": ("kmeans1", "coding-32d"),
+    "kmeans-coding-eps0.5": ("kmeans1", "coding-eps0.5"),
+    "kmeans-gap": ("kmeans1", "gap"),
 }
 """Criterion name -> (partition, score)."""
 
@@ -283,6 +577,16 @@ def refine_grid(tried: Sequence[int], best: int, points: int = 4) -> list[int]:
     return sorted({int(round(v)) for v in inner} - set(ordered))
 
 
+def local_maxima(tried: Sequence[int], values: Sequence[float], count: int) -> list[int]:
+    """The ``count`` highest K among those scoring above their neighbours in ``tried``
+    (ascending; an end counts against its one neighbour)."""
+    v = np.asarray(values, dtype=np.float64)
+    padded = np.concatenate([[-np.inf], v, [-np.inf]])
+    peaks = [i for i in range(len(v)) if v[i] >= padded[i] and v[i] >= padded[i + 2]]
+    peaks.sort(key=lambda i: -v[i])
+    return [int(tried[i]) for i in peaks[:count]]
+
+
 def choose_n_clusters(
     embeddings: np.ndarray,
     neighbours: np.ndarray,
@@ -298,6 +602,7 @@ def choose_n_clusters(
     tries: int = 3,
     refine: int = 4,
     rounds: int = 1,
+    peaks: int = 1,
     dims: int = 32,
     sample: int = 4000,
     device: torch.device | None = None,
@@ -314,7 +619,8 @@ def choose_n_clusters(
     per epoch in more steps, which a few epochs need to converge. After
     the candidates, ``rounds`` times, ``refine`` more K between the best one's neighbours among
     those tried are tried (around each recorded criterion's best, so every curve is refined
-    where it peaks). The heads train on ``device`` (default the CPU).
+    where it peaks; with ``peaks`` > 1 around that many of its highest local maxima, for a
+    sharp peak the coarse grid stepped over). The heads train on ``device`` (default the CPU).
     Deterministic for a ``seed`` on one device.
     """
     started = time.perf_counter()
@@ -369,8 +675,8 @@ def choose_n_clusters(
     for _ in range(rounds if refine > 0 else 0):
         extra: set[int] = set()
         for name in names:
-            best = max(tried, key=lambda k, name=name: scores[name][k])
-            extra |= set(refine_grid(tried, best, refine))
+            for best in local_maxima(tried, [scores[name][k] for k in tried], peaks):
+                extra |= set(refine_grid(tried, best, refine))
         evaluate(sorted(extra))
         tried = sorted(set(tried) | extra)
     chosen = max(tried, key=lambda k: scores[criterion][k])
