@@ -29,10 +29,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from probes import CRITERIA, RESULTS, open_run, stage_three
 
 from smcluster.config import Config
 from smcluster.stages.neighbours import neighbour_purity
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probes import CRITERIA, RESULTS, open_run, stage_three  # noqa: E402
 
 REUSE_K = 30  # neighbours per image whose overlap re-ranks the pool
 
@@ -110,7 +112,7 @@ def sweep_run(folder: Path, trials: list[dict[str, Any]], args: argparse.Namespa
         )
         print(f"{folder} {trial}: {r['acc']}", file=sys.stderr, flush=True)
     return {
-        "run": str(folder),
+        "run": "/".join(folder.parts[-3:]),  # data set / seed / variant, no machine path
         "n_clusters": config.n_clusters,
         "q": config.mining.q,
         "seed": config.run.seed,
@@ -143,7 +145,7 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
         "|---|---|---|---|" + "---|" * len(CRITERIA) + "---|---|",
     ]
     for r in results:
-        name = "/".join(Path(r["run"]).parts[-3:])
+        name = r["run"]
         for t in r["trials"]:
             accs = " | ".join(pct(100 * t["acc"][c]) for c in CRITERIA)
             lines.append(
@@ -154,7 +156,7 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
     if purity:
         lines += ["", "| run | kNN input | q | purity |", "|---|---|---|---|"]
         for r, p in purity:
-            name = "/".join(Path(r["run"]).parts[-3:])
+            name = r["run"]
             lines.append(f"| {name} | {p['input']} | {p['q']} | {pct(100 * p['purity'])} |")
     return "\n".join(lines) + "\n"
 

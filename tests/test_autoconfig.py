@@ -19,7 +19,7 @@ from smcluster.autoconfig import (
     without,
 )
 from smcluster.cli import main
-from smcluster.config import Config
+from smcluster.config import DEFAULT_METHOD, Config, method
 from smcluster.data.sources import NAMED_SOURCES
 
 GB = 1 << 30
@@ -116,7 +116,7 @@ def test_a_flag_and_a_config_file_each_win_over_auto(tmp_path) -> None:
 def test_named_presets_and_no_preset_are_unchanged() -> None:
     demo, choice = build_settings(10, preset_name="demo")
     assert choice is None and demo.features.epochs == 40
-    assert build_settings(10)[0] == Config(n_clusters=10)
+    assert build_settings(10)[0] == Config(n_clusters=10).updated(method(DEFAULT_METHOD))
 
 
 def test_shapes_are_read_without_loading(tmp_path) -> None:

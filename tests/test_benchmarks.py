@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from smcluster.config import Config
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -31,7 +33,7 @@ def test_variant_list_covers_the_issue_and_trains_each_stage_one_before_reuse() 
     assert (
         sorted(keys)
         == sorted(quality.VARIANT_ORDER)
-        == sorted(["a", "a2", "b", "c", "d", "e", "f", "g"])
+        == sorted(["a", "a2", "b", "c", "d", "e", "f", "g", "h"])
     )
     for i, v in enumerate(quality.VARIANTS):
         if v.features_from:
@@ -39,8 +41,8 @@ def test_variant_list_covers_the_issue_and_trains_each_stage_one_before_reuse() 
     trainers = [v.key for v in quality.VARIANTS if v.kind == "cli" and not v.features_from]
     assert trainers == ["f", "c"]  # two feature models per data set and seed
     args = {v.key: v.args for v in quality.VARIANTS}
-    assert args["f"] == ()
-    assert "simclr" in args["c"] and "knn" in args["c"]
+    assert args["f"] == ("--method", "paper") and args["c"] == ("--method", "scan")
+    assert args["h"] == () and quality.VARIANTS[keys.index("h")].features_from == "c"
     assert "--self-label" in args["g"]
 
 
@@ -255,10 +257,32 @@ def test_probes_reproduce_the_runs_stage_three_and_leave_the_run_alone(
     result = json.loads((tmp_path / "probes-t.json").read_text())["results"][0]
     assert set(result["mining"]) == {"knn", "three-view", "fused", "fused-weighted"}
     assert all(0 <= m["purity"] <= 1 for m in result["mining"].values())
-    kept = result["clustering"]["three-view"]  # the run's own mining and head selection
+    own = Config.load(run / "config.yaml").mining.method
+    kept = result["clustering"][own]  # the run's own mining and head selection
     assert kept["acc"]["loss"] == pytest.approx(brief_run.metrics_["acc"])
     assert kept["picks"]["loss"] == brief_run.metrics_["best_head"]
     assert [e["entropy_weight"] for e in result["entropy"]] == [2.0, 5.0]
     hits = probes.best_head_hits([result])
     assert all(total == 4 + 1 for _, total in hits.values())  # weight 5 is knn's own
     assert "| run | K | q | mining | purity" in (tmp_path / "probes-t.md").read_text()
+
+
+def test_stage3_sweep_reproduces_the_runs_stage_three_and_varies_it(
+    brief_run, tmp_path: Path
+) -> None:
+    sweep = _load("stage3_sweep")
+    run = Path(brief_run.run_dir_)
+    assert Config.load(run / "config.yaml").mining.method == "knn"  # what the sweep mines
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    trials = ["{}", '{"frozen_lr": 0.1, "q": 3}']
+    argv = [str(run), "--trials", *trials, "--purity", "--threads", "1"]
+    assert sweep.main([*argv, "--results", str(tmp_path), "--tag", "t"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    result = json.loads((tmp_path / "stage3-sweep-t.json").read_text())["results"][0]
+    own, varied = result["trials"]
+    assert own["acc"]["loss"] == pytest.approx(brief_run.metrics_["acc"])
+    assert varied["trial"] == {"frozen_lr": 0.1, "q": 3}
+    assert own["acc"] != varied["acc"]
+    assert {p["q"] for p in result["purity"]} == {5, 10, 20}
+    assert all(0 <= p["purity"] <= 1 for p in result["purity"])
+    assert result["run"] == "/".join(run.parts[-3:])  # no machine path in the results

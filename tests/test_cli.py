@@ -84,7 +84,9 @@ def test_fewer_images_than_clusters(tmp_path, capsys) -> None:
 
 def test_too_few_images_for_the_neighbours(tmp_path, capsys) -> None:
     data = random_npz(tmp_path / "few.npz", 30)
-    assert fit(data, "--clusters 3 --neighbours 10", tmp_path / "r") == 2
+    assert fit(data, "--clusters 3 --neighbours 10 --method paper", tmp_path / "r") == 2
+    assert "lower mining.q" in capsys.readouterr().err
+    assert fit(data, "--clusters 3 --neighbours 30", tmp_path / "r2") == 2
     assert "lower mining.q" in capsys.readouterr().err
 
 
@@ -267,6 +269,11 @@ def test_method_flag_gives_the_method_and_explicit_flags_still_win() -> None:
 
     paper = config_of(["--method", "paper", "--preset", "demo"])
     assert (paper.features.model, paper.mining.method) == ("paper", "three-view")
+    assert paper.clustering.frozen_lr == 1e-2
+    default = config_of(["--preset", "demo"])
+    assert default == config_of(["--method", "best", "--preset", "demo"])
+    assert (default.features.model, default.mining.method) == ("simclr", "knn")
+    assert default.clustering.frozen_lr == 3e-2
     scan = config_of(["--method", "scan"])
     assert (scan.features.model, scan.mining.method) == ("simclr", "knn")
     mixed = config_of(["--method", "scan", "--mining", "fused", "--set", "mining.q=5"])

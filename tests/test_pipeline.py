@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from smcluster.api import SMCluster
+from smcluster.config import Config
 from smcluster.data import load_dataset
 from smcluster.inference import evaluate_run, load_fitted
 from smcluster.metrics import SCORES
@@ -72,8 +73,10 @@ def test_run_folder_holds_every_artefact(demo_run: SMCluster) -> None:
         "metrics.json",
     ]:
         assert (run / name).exists(), name
-    for name in ["features", "features-last", "mining-head", "clustering", "clustering-last"]:
+    for name in ["features", "features-last", "clustering", "clustering-last"]:
         assert (run / "checkpoints" / f"{name}.pt").exists(), name
+    mined_by_a_head = Config.load(run / "config.yaml").mining.method != "knn"
+    assert (run / "checkpoints" / "mining-head.pt").exists() == mined_by_a_head
     assert not list(run.rglob(".*.tmp"))
     metrics = json.loads((run / "metrics.json").read_text())
     for key in (*SCORES, "neighbour_purity"):

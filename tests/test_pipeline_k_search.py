@@ -182,7 +182,7 @@ def test_the_search_runs_before_three_view_mining_on_images(tmp_path) -> None:
         **QUICK,
     }
     out = tmp_path / "run"
-    model = SMCluster("4:16", out=out, **settings).fit(images, data.labels[:600])
+    model = SMCluster("4:16", out=out, method="paper", **settings).fit(images, data.labels[:600])
     chosen = model.n_clusters_
     assert 4 <= chosen <= 16
     heads = RunFolder(out).load_checkpoint("mining-head")["heads"]

@@ -537,6 +537,9 @@ CRITERIA: dict[str, tuple[str, str]] = {
 """Criterion name -> (partition, score)."""
 
 DEFAULT_CRITERION = "scan-nmi"
+# The rate the search's short SCAN trainings had when every criterion was measured
+# (benchmarks/results/choose-k-*); a run's own stage-3 rate (``clustering.frozen_lr``) may differ.
+SEARCH_LR = 1e-2
 
 
 @dataclass
@@ -647,7 +650,9 @@ def choose_n_clusters(
     if not tried:
         raise ValueError("no candidate number of clusters given; give at least one K >= 2")
     check_cluster_range(tried[0], tried[-1], len(emb))
-    short = dataclasses.replace(config, batch_size=min(batch_size, config.batch_size))
+    short = dataclasses.replace(
+        config, batch_size=min(batch_size, config.batch_size), frozen_lr=SEARCH_LR
+    )
     inputs = SearchInputs(
         emb,
         stored,
