@@ -224,6 +224,9 @@ def test_a_gpu_runs_settings_work_on_the_cpu_and_agree(source_run, tmp_path) -> 
         "clustering__batch_size": 128,
         "clustering__epochs": 20,
         "clustering__heads": 2,
+        # The rate this agreement was measured at: at the default 3e-2 these 2 heads on 400
+        # images end in different splits of close digits (ARI 0.70 with cosine >= 0.99).
+        "clustering__frozen_lr": 1e-2,
         **QUICK,
     }
     runs = {
