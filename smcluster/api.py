@@ -169,12 +169,13 @@ class SMCluster:
     ----------
     n_clusters: number of clusters C, or ``"auto"`` / ``"LO:HI"`` to choose it without labels
         in that range (``config.cluster_range``; ``"auto"`` is 2 to min(N / 5, 2000)).
-    method: a named method (``smcluster.config.METHODS``): ``"paper"`` (METHOD.md exactly),
-        ``"scan"`` (SimCLR + kNN) or ``"best"``; under the preset, config and overrides.
+    method: a named method (``smcluster.config.METHODS``): ``"best"`` (used when None: the
+        best measured, benchmarks/README.md), ``"paper"`` (METHOD.md exactly) or ``"scan"``
+        (SimCLR + kNN); under the preset, config and overrides.
     preset: ``"auto"`` (the default: settings chosen from the machine, the data's shape and
         n_clusters, ``smcluster.autoconfig``; any other setting given wins over it), a named
         preset (``smcluster.config.PRESETS``), e.g. ``"demo"`` or ``"cpu-mnist"``, or None
-        (the METHOD.md defaults).
+        (no preset: the method's settings on the METHOD.md defaults).
     config: the path of a YAML file (its settings override the preset's), or a ``Config``
         (every setting; not together with ``preset``).
     out: the run folder; a fresh temporary folder when omitted.

@@ -253,8 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=sorted(METHODS),
         help="a whole method: best (the default: the best measured), paper (METHOD.md exactly), "
-        "scan (SimCLR + kNN); under "
-        "--preset, --config and flags",
+        "scan (SimCLR + kNN); under --preset, --config and flags",
     )
     fit.add_argument("--mining", choices=typing.get_args(MiningMethod))
     fit.add_argument("--self-label", action=argparse.BooleanOptionalAction, default=None)
