@@ -298,15 +298,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = [probe_run(folder, args) for folder in args.runs]
     command = "python benchmarks/probes.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    args.results.mkdir(parents=True, exist_ok=True)
-    stem = args.results / f"probes-{args.tag}"
+    write_results(args.results / f"probes-{args.tag}", command, results, markdown)
+    return 0
+
+
+def write_results(stem: Path, command: str, results: list[dict[str, Any]], render) -> None:
+    """``stem``.json (the command and the results) and ``stem``.md (``render(results,
+    command)``), also printed."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(
         json.dumps({"command": command, "results": results}, indent=1)
     )
-    text = markdown(results, command)
+    text = render(results, command)
     stem.with_suffix(".md").write_text(text)
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from smcluster.config import Config
-from smcluster.stages.neighbours import neighbour_purity
+from smcluster.stages.neighbours import mine_knn, neighbour_purity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probes import CRITERIA, RESULTS, open_run, stage_three  # noqa: E402
+from probes import CRITERIA, RESULTS, open_run, stage_three, write_results  # noqa: E402
 
 REUSE_K = 30  # neighbours per image whose overlap re-ranks the pool
 
@@ -43,15 +43,9 @@ def normalised(x: Any) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.as_tensor(np.asarray(x, dtype=np.float32)), dim=-1)
 
 
-def knn(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
-    """Indices of each row's k most similar other rows (cosine), chunk by chunk."""
-    out = []
-    for start in range(0, len(x), chunk):
-        sim = x[start : start + chunk] @ x.T
-        rows = torch.arange(sim.shape[0])
-        sim[rows, rows + start] = -2.0
-        out.append(sim.topk(k, dim=1).indices)
-    return torch.cat(out)
+def knn(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's k nearest other rows: the pipeline's own search (``mine_knn``)."""
+    return torch.from_numpy(mine_knn(x.numpy(), k))
 
 
 def shared_neighbour_rerank(x: torch.Tensor, q: int, weight: float) -> torch.Tensor:
@@ -94,13 +88,16 @@ def sweep_run(folder: Path, trials: list[dict[str, Any]], args: argparse.Namespa
     data, stage_one = open_run(folder, {}, args.threads)
     config = Config.load(folder / "config.yaml")
     features = normalised(stage_one.features)
+    neighbours: dict[int, np.ndarray] = {}  # per q, mined once
     results = []
     for trial in trials:
         settings = dict(trial)
         q = int(settings.pop("q", config.mining.q))
         weight = float(settings.pop("entropy_weight", config.clustering.entropy_weight))
         varied = config.updated({"clustering": settings}).validate()
-        r = stage_three(varied, stage_one, data.labels, knn(features, q).numpy(), None, weight)
+        if q not in neighbours:
+            neighbours[q] = knn(features, q).numpy()
+        r = stage_three(varied, stage_one, data.labels, neighbours[q], None, weight)
         results.append(
             {
                 "trial": trial,
@@ -176,12 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/stage3_sweep.py " + shlex.join(
         sys.argv[1:] if argv is None else argv
     )
-    args.results.mkdir(parents=True, exist_ok=True)
-    stem = args.results / f"stage3-sweep-{args.tag}"
-    stem.with_suffix(".json").write_text(json.dumps({"command": command, "results": results}))
-    text = markdown(results, command)
-    stem.with_suffix(".md").write_text(text)
-    print(text)
+    write_results(args.results / f"stage3-sweep-{args.tag}", command, results, markdown)
     return 0
 
 

@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import adjusted_rand_score
 
 from smcluster.config import ClusteringConfig, check_cluster_range
 from smcluster.engine import seed_everything, stage_seed
@@ -120,11 +121,13 @@ class SearchInputs:
 
     def halves(self) -> tuple[np.ndarray, np.ndarray]:
         """A fixed random split of the images into two halves (indices A, B)."""
-        if ("halves", 0) not in self._cache:
+
+        def split() -> tuple[np.ndarray, np.ndarray]:
             rng = np.random.default_rng(stage_seed(self.seed, "choose-k-halves", 0))
             order = rng.permutation(len(self.embeddings))
-            self._cache["halves", 0] = (order[: len(order) // 2], order[len(order) // 2 :])
-        return self._cache["halves", 0]
+            return order[: len(order) // 2], order[len(order) // 2 :]
+
+        return self.cached("halves", 0, split)
 
     def cached(self, key: str, k: int, make: Callable[[], Any]) -> Any:
         """``make()``, once per (``key``, ``k``): what a score at K needs that its partition
@@ -172,12 +175,11 @@ def scan_partition(inputs: SearchInputs, k: int) -> list[np.ndarray]:
     return [head_probabilities(heads, plain, h).argmax(1).numpy() for h in range(len(heads))]
 
 
-def kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 1) -> np.ndarray:
-    """Faiss k-means (20 iterations; the lowest-error of ``restarts``): each row's cluster."""
+def _faiss_kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 1):
+    """Faiss k-means (20 iterations, ``restarts`` random starts) of float32 rows, untrained."""
     import faiss
 
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    model = faiss.Kmeans(
+    return faiss.Kmeans(
         x.shape[1],
         k,
         niter=20,
@@ -187,6 +189,12 @@ def kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 1) -> np.ndarray:
         max_points_per_centroid=256,
         verbose=False,
     )
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, restarts: int = 1) -> np.ndarray:
+    """Faiss k-means (20 iterations; the lowest-error of ``restarts``): each row's cluster."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    model = _faiss_kmeans(x, k, seed, restarts)
     model.train(x)
     return model.index.search(x, 1)[1][:, 0].astype(np.int64)
 
@@ -198,22 +206,13 @@ def kmeans_pp(x: np.ndarray, k: int, seed: int, restarts: int = 1) -> np.ndarray
     Random seeds leave two centres in one true cluster and none in another far more often,
     and a stability score reads those local optima as instability.
     """
-    import faiss
     from sklearn.cluster import kmeans_plusplus
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     best, best_error = None, np.inf
     for attempt in range(max(restarts, 1)):
         init, _ = kmeans_plusplus(x, k, random_state=(seed + attempt) % 2**31)
-        model = faiss.Kmeans(
-            x.shape[1],
-            k,
-            niter=20,
-            seed=seed,
-            min_points_per_centroid=1,
-            max_points_per_centroid=256,
-            verbose=False,
-        )
+        model = _faiss_kmeans(x, k, seed)
         model.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
         error, labels = model.index.search(x, 1)
         if float(error.sum()) < best_error:
@@ -317,23 +316,6 @@ def silhouette(inputs: SearchInputs, labels: np.ndarray) -> float:
     )
 
 
-def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
-    """Adjusted Rand index of two labelings, from sparse pair counts (never K x K)."""
-    n = len(a)
-    _, joint = np.unique(a * (int(b.max()) + 1) + b, return_counts=True)
-
-    def pairs(counts: np.ndarray) -> float:
-        counts = counts.astype(np.float64)
-        return float((counts * (counts - 1)).sum() / 2)
-
-    both = pairs(joint)
-    rows, cols = pairs(np.bincount(a)), pairs(np.bincount(b))
-    total = n * (n - 1) / 2
-    expected = rows * cols / total
-    top = 0.5 * (rows + cols)
-    return 0.0 if top == expected else (both - expected) / (top - expected)
-
-
 def centroid_transfer(x: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray):
     """Labels of ``x[test]`` by the nearest class mean of ``x[train]`` under ``labels[train]``:
     the closed-form linear classifier (argmax of c.x - |c|^2 / 2) the partition defines."""
@@ -378,7 +360,7 @@ def hungarian_accuracy(a: np.ndarray, b: np.ndarray) -> float:
 
 
 AGREEMENTS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "ari": adjusted_rand,
+    "ari": adjusted_rand_score,
     "acc": hungarian_accuracy,
 }
 
