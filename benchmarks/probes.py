@@ -49,6 +49,7 @@ from smcluster.stages.clustering import (
     HEAD_SELECTION,
     score_heads,
     selected_heads,
+    stage3_schedule,
     train_heads_on_embeddings,
 )
 from smcluster.stages.mining import MINING_METHODS, MiningInputs, MiningResult
@@ -106,6 +107,7 @@ def stage_three(
 ) -> dict[str, Any]:
     """The run's heads trained as the pipeline's frozen path does, scored with labels."""
     c = dataclasses.replace(config.clustering, entropy_weight=float(entropy_weight))
+    c = stage3_schedule(c, len(neighbours), config.n_clusters)
     seed_everything(stage_seed(config.run.seed, "clustering-init", 0))
     heads = ClusterHeads(stage_one.embeddings.shape[1], config.n_clusters, c.heads)
     nb = torch.from_numpy(neighbours)

@@ -89,6 +89,8 @@ def sweep_run(folder: Path, trials: list[dict[str, Any]], args: argparse.Namespa
     config = Config.load(folder / "config.yaml")
     features = normalised(stage_one.features)
     neighbours: dict[int, np.ndarray] = {}  # per q, mined once
+    if config.mining.method == "knn":  # the run's own at its q: ties broken as it broke them
+        neighbours[config.mining.q] = np.load(folder / "neighbours.npy")
     results = []
     for trial in trials:
         settings = dict(trial)

@@ -31,7 +31,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,7 +41,7 @@ from lightning_fabric import Fabric
 
 from smcluster.config import Config, most_clusters, stage1_training
 from smcluster.models import ClusterHeads
-from smcluster.stages.clustering import train_heads_on_embeddings
+from smcluster.stages.clustering import stage3_schedule, train_heads_on_embeddings
 from smcluster.stages.features import extract_features, train_features, training_batch
 
 CALIBRATION_STEPS = 5
@@ -124,6 +124,8 @@ class Measured:
     pass_seconds: float
     head_epoch_seconds: float
     spent_seconds: float
+    images: int
+    clusters: int
 
     @property
     def epoch_seconds(self) -> float:
@@ -179,13 +181,16 @@ def extraction_passes(config: Config) -> int:
 
 
 def later_seconds(config: Config, measured: Measured, clustering_epochs: int) -> float:
-    """Stages 2-3 with ``clustering_epochs`` SCAN epochs: extraction passes, the mining head's
-    warm-up, head selection (about an epoch) and self-labelling, at the measured rates. A
-    fine-tuned backbone costs about a stage-1 epoch per stage-3 epoch (rough: both push every
-    image twice through the backbone)."""
+    """Stages 2-3 with ``clustering_epochs`` SCAN epochs configured (which
+    ``stage3_schedule`` may lengthen): extraction passes, the mining head's warm-up, head
+    selection (about an epoch) and self-labelling, at the measured rates. A fine-tuned
+    backbone costs about a stage-1 epoch per stage-3 epoch (rough: both push every image twice
+    through the backbone)."""
     c = config.clustering
     heads = (config.mining.method == "three-view") * config.mining.warmup_epochs + 1
-    tuned = clustering_epochs + (c.self_label_epochs if c.self_label else 0)
+    configured = replace(c, epochs=clustering_epochs)
+    scan = stage3_schedule(configured, measured.images, measured.clusters).epochs
+    tuned = scan + (c.self_label_epochs if c.self_label else 0)
     per_tuned = measured.epoch_seconds if c.update_backbone else measured.head_epoch_seconds
     passes = extraction_passes(config) * measured.pass_seconds
     return passes + heads * measured.head_epoch_seconds + tuned * per_tuned
@@ -251,6 +256,8 @@ def measure(
         pass_seconds=pass_seconds,
         head_epoch_seconds=head_epoch,
         spent_seconds=spent_seconds + time.perf_counter() - started,
+        images=n,
+        clusters=most_clusters(config.n_clusters, n),
     )
 
 

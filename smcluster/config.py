@@ -157,6 +157,11 @@ class ClusteringConfig:
     METHOD.md's.
     ``score_sample``: head selection scores each image against this many of its q neighbours
     (an unbiased estimate for 1 + score_sample passes instead of 1 + q; None: all q).
+    ``batch_per_cluster`` and ``min_steps``: the stage-3 schedule rules of the ``best`` method
+    (``stages.clustering.stage3_schedule``): a batch of at least that many images per cluster,
+    and at least that many optimizer steps; ``epochs`` and ``batch_size`` are then the
+    configured length and the smallest batch. 0 (both) trains exactly ``epochs`` at
+    ``batch_size``, as SCAN and METHOD.md do.
     """
 
     entropy_weight: float = 5.0
@@ -175,6 +180,8 @@ class ClusteringConfig:
     self_label_lr: float = 1e-4
     frozen_self_label_lr: float = 1e-3
     score_sample: int | None = None
+    batch_per_cluster: float = 0.0
+    min_steps: int = 0
 
 
 @dataclass
@@ -752,17 +759,35 @@ METHODS: dict[MethodName, dict[str, Any]] = {
     "paper": {
         "features": {"model": "paper"},
         "mining": {"method": "three-view", "strong_views": 1, "weighting": "none"},
-        "clustering": {"head_selection": "loss", "entropy_weight": 5.0, "frozen_lr": 1e-2},
+        "clustering": {
+            "head_selection": "loss",
+            "entropy_weight": 5.0,
+            "frozen_lr": 1e-2,
+            "batch_per_cluster": 0.0,
+            "min_steps": 0,
+        },
     },
     "scan": {
         "features": {"model": "simclr"},
         "mining": {"method": "knn", "weighting": "none"},
-        "clustering": {"head_selection": "loss", "entropy_weight": 5.0, "frozen_lr": 1e-2},
+        "clustering": {
+            "head_selection": "loss",
+            "entropy_weight": 5.0,
+            "frozen_lr": 1e-2,
+            "batch_per_cluster": 0.0,
+            "min_steps": 0,
+        },
     },
     "best": {
         "features": {"model": "simclr"},
         "mining": {"method": "knn", "weighting": "none"},
-        "clustering": {"head_selection": "loss", "entropy_weight": 5.0, "frozen_lr": 3e-2},
+        "clustering": {
+            "head_selection": "loss",
+            "entropy_weight": 5.0,
+            "frozen_lr": 3e-2,
+            "batch_per_cluster": 2.0,
+            "min_steps": 1600,
+        },
     },
 }
 DEFAULT_METHOD: MethodName = "best"

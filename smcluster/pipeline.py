@@ -67,6 +67,7 @@ from smcluster.stages.clustering import (
     select_head,
     selected_heads,
     self_label_on_embeddings,
+    stage3_schedule,
     train_heads_on_embeddings,
     train_scan,
     train_self_label,
@@ -567,7 +568,7 @@ def _stage_clustering(
     """
     config, folder, device = run.config, run.folder, run.fabric.device
     backbone, embeddings = stage_one.backbone, stage_one.embeddings
-    c = config.clustering
+    c = stage3_schedule(config.clustering, len(neighbours), config.n_clusters)
     frozen = not c.update_backbone
     seed_everything(stage_seed(config.run.seed, "clustering-init", 0))
     heads = ClusterHeads(embeddings.shape[1], config.n_clusters, c.heads)
@@ -601,8 +602,8 @@ def _stage_clustering(
         folder.save_checkpoint("clustering", {"model": model.state_dict()})
         run.say(
             f"stage 3 (SCAN, {'frozen' if frozen else 'fine-tuned'} backbone): "
-            f"{c.epochs} epochs in {time.perf_counter() - started:.1f} s, "
-            f"kept head {best} of {c.heads}"
+            f"{c.epochs} epochs of batch {min(c.batch_size, len(nb))} in "
+            f"{time.perf_counter() - started:.1f} s, kept head {best} of {c.heads}"
         )
     if not c.self_label:
         return model

@@ -20,7 +20,7 @@ from smcluster.budget import (
     settle_explicit_epochs,
 )
 from smcluster.cli import main
-from smcluster.config import Config
+from smcluster.config import Config, method
 from smcluster.data import load_dataset
 
 
@@ -70,6 +70,8 @@ def _measured(**changes: float) -> Measured:
         "pass_seconds": 5.0,
         "head_epoch_seconds": 1.0,
         "spent_seconds": 20.0,
+        "images": 10_000,
+        "clusters": 10,
     }
     return Measured(**{**values, **changes})
 
@@ -154,3 +156,15 @@ def test_a_run_with_a_budget_records_its_choice_and_equals_the_run_given_that_ch
         },
     ).fit(images)
     np.testing.assert_array_equal(budgeted.probabilities_, direct.probabilities_)
+
+
+def test_the_plan_counts_the_longer_stage_three_of_the_best_method() -> None:
+    best = Config().updated(method("best"))  # at least 1,600 stage-3 steps
+    measured = _measured(images=4000, clusters=200)  # 7 steps an epoch: 60 epochs become 229
+    plain = best.updated({"clustering": {"min_steps": 0}})
+    extra = later_seconds(best, measured, 60) - later_seconds(plain, measured, 60)
+    assert extra == pytest.approx((229 - 60) * measured.head_epoch_seconds)
+    plan = plan_epochs(best, measured, 1200)
+    assert plan.later_seconds == later_seconds(best, measured, plan.clustering_epochs)
+    total = measured.spent_seconds + plan.stage1_seconds + plan.later_seconds
+    assert total <= PLANNED_SHARE * 1200

@@ -15,6 +15,8 @@ of indices into the model's input.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -67,6 +69,32 @@ def stage3_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float)
     step whatever the gradient's scale.
     """
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+SCHEDULE_IMAGE_CAP = 4
+"""``stage3_schedule`` never trains on more than this many times the images of the configured
+epochs: its cost on a CPU at most quadruples."""
+
+
+def stage3_schedule(config: ClusteringConfig, n: int, n_clusters: int) -> ClusteringConfig:
+    """``config`` with the batch and epochs stage 3 trains ``n`` items into ``n_clusters``
+    with (METHOD.md, Decisions: the stage-3 schedule of ``best``; benchmarks/README.md):
+
+    - a batch of at least ``batch_per_cluster`` x K images: the entropy term spreads a
+      batch's mean prediction over K clusters, which a batch smaller than K cannot do with
+      confident predictions;
+    - at least ``min_steps`` optimizer steps: a small data set, or a large batch, gives few
+      steps per epoch, and the heads had not converged in them;
+    - the configured epochs at least, and at most ``SCHEDULE_IMAGE_CAP`` times as many.
+
+    With both rules off (0, SCAN's and the paper's methods) ``config`` comes back unchanged.
+    """
+    if config.batch_per_cluster <= 0 and config.min_steps <= 0:
+        return config
+    batch = max(config.batch_size, math.ceil(config.batch_per_cluster * n_clusters))
+    epochs = math.ceil(config.min_steps / max(n // min(batch, n), 1))
+    epochs = max(config.epochs, min(epochs, SCHEDULE_IMAGE_CAP * config.epochs))
+    return dataclasses.replace(config, batch_size=batch, epochs=epochs)
 
 
 def train_scan(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,7 @@ from smcluster.stages.clustering import (
     selected_heads,
     self_label_on_embeddings,
     stage3_optimizer,
+    stage3_schedule,
     train_heads_on_embeddings,
     train_scan,
 )
@@ -122,6 +125,41 @@ def test_heads_on_small_features_become_confident_with_more_clusters_than_the_ba
     p = head_probabilities(heads, torch.from_numpy(x), 0)
     assert cluster_accuracy(labels, p.argmax(1).numpy()) > 0.6
     assert p.max(1).values.mean() > 0.2
+
+
+def test_stage3_schedule_sizes_the_batch_by_clusters_and_lengthens_short_runs() -> None:
+    best = ClusteringConfig(epochs=20, batch_size=512, batch_per_cluster=2.0, min_steps=1600)
+    many = stage3_schedule(best, 19_280, 964)  # Omniglot-964: 2K images, 4x the epochs at most
+    assert (many.batch_size, many.epochs) == (1928, 80)
+    small = stage3_schedule(replace(best, epochs=60), 4000, 200)  # 7 steps an epoch
+    assert (small.batch_size, small.epochs) == (512, 229)
+    assert stage3_schedule(replace(best, epochs=40), 10_000, 10).epochs == 85
+    big = stage3_schedule(replace(best, epochs=5), 10**6, 1000)  # 500 steps an epoch: enough
+    assert (big.batch_size, big.epochs) == (2000, 5)
+    scan = ClusteringConfig(epochs=20, batch_size=512)
+    assert stage3_schedule(scan, 19_280, 964) is scan
+
+
+def test_a_batch_of_twice_the_clusters_beats_a_batch_below_them_on_the_same_images() -> None:
+    """stage3_schedule's batch rule: 300 clusters of 10 points, 60 epochs either way."""
+    x, labels = blobs(n_per=10, clusters=300, dim=32, seed=0, scale=1.0)
+    neighbours = torch.from_numpy(mine_knn(x, 5))
+    accuracy = {}
+    for rule in (0.0, 2.0):
+        config = ClusteringConfig(
+            epochs=60, batch_size=128, heads=1, frozen_lr=3e-2, batch_per_cluster=rule
+        )
+        config = stage3_schedule(config, len(x), 300)
+        assert (config.batch_size, config.epochs) == (128 if rule == 0 else 600, 60)
+        torch.manual_seed(0)
+        heads = ClusterHeads(32, 300, n_heads=1)
+        views = torch.from_numpy(x)[None]
+        train_heads_on_embeddings(
+            heads, views, neighbours, config, epochs=config.epochs, seed=0, progress=False
+        )
+        predicted = head_probabilities(heads, views[0], 0).argmax(1).numpy()
+        accuracy[rule] = cluster_accuracy(labels, predicted)
+    assert accuracy[2.0] > accuracy[0.0] + 0.1
 
 
 def test_stage3_optimizer_decays_weights_apart_from_the_gradient() -> None:
