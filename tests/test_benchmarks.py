@@ -286,3 +286,24 @@ def test_stage3_sweep_reproduces_the_runs_stage_three_and_varies_it(
     assert {p["q"] for p in result["purity"]} == {5, 10, 20}
     assert all(0 <= p["purity"] <= 1 for p in result["purity"])
     assert result["run"] == "/".join(run.parts[-3:])  # no machine path in the results
+
+
+def test_stage1_budget_reads_steps_and_metrics_of_each_finished_run(tmp_path: Path) -> None:
+    budget = _load("stage1_budget")
+    for variant, epochs in (("c", 8), ("d", 8)):
+        run = tmp_path / "mnist-10k" / "seed0" / variant
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(f"features:\n  epochs: {epochs}\n  batch_size: 256\n")
+        (run / "assignments.csv").write_text("id,cluster\n" + "x,0\n" * 1000)
+    metrics = {"knn_accuracy": 0.9, "acc": 0.8, "nmi": 0.7, "features_seconds": 12.0}
+    doc = {
+        "runs": [
+            {"dataset": "mnist-10k", "seed": 0, "variant": "c", "metrics": metrics},
+            {"dataset": "mnist-10k", "seed": 0, "variant": "d", "error": "exit 1"},
+            {"dataset": "mnist-10k", "seed": 0, "variant": "a", "metrics": metrics},
+        ]
+    }
+    rows = budget.curve_rows(doc, tmp_path, 8)
+    assert [(r["model"], r["steps"]) for r in rows] == [("SimCLR", 8 * (1000 // 256))]
+    table = budget.markdown(rows, "python benchmarks/stage1_budget.py ...")
+    assert "| mnist-10k | SimCLR | c | 8 | 24 | 90.0 | 80.0 | 70.0 | 12 |" in table
