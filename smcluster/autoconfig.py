@@ -147,6 +147,10 @@ def frozen_settings(n: int, n_clusters: int) -> dict[str, Any]:
       METHOD.md's 10 x 100 up to 4 x 10^5 images.
     - head scoring samples 1 of the q neighbours per image above 10^5 images (each
       neighbour scored costs a pass over the data set; the estimate is unbiased).
+
+    The default method's stage-3 schedule (``stages.clustering.stage3_schedule``) then
+    lengthens a stage 3 of fewer than 1,600 steps, to at most 4 x these epochs: below about
+    10^5 images at 1,000 clusters the budget above gives a few hundred steps.
     """
     q = int(min(20, max(5, n // (2 * n_clusters)), max(1, (n - 1) // 4)))
     batch = int(min(4096, max(512, 2 * n_clusters)))

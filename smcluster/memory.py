@@ -394,15 +394,17 @@ def image_model_terms(config: Config, n: int, channels: int, size: int) -> list[
         )
     )
     from smcluster.config import cluster_range
+    from smcluster.stages.clustering import stage3_schedule
 
+    most = cluster_range(config.n_clusters, n)[1]
     terms += estimate_memory(
         n,
         embedding_dim,
         k,
-        cluster_range(config.n_clusters, n)[1],
+        most,
         c.heads,
         c.feature_views,
-        batch_size=c.batch_size,
+        batch_size=stage3_schedule(c, n, most).batch_size,
         embeddings_mapped=False,
         probabilities_in_memory=True,
     )

@@ -163,14 +163,15 @@ def check_embeddings_memory(config: Config, embeddings: Embeddings, device: torc
     """The memory guard of a run on precomputed embeddings, before any work: the estimated
     peak (``memory.estimate_memory``) against the memory available; a ValueError naming the
     setting to change when it does not fit, else a line saying what it will take."""
-    c = config.clustering
     n, d = embeddings.vectors.shape
+    most = cluster_range(config.n_clusters, n)[1]
+    c = stage3_schedule(config.clustering, n, most)
     index = config.mining.index
     terms = estimate_memory(
         n,
         d,
         config.mining.q,
-        cluster_range(config.n_clusters, n)[1],
+        most,
         c.heads,
         batch_size=c.batch_size,
         index=choose_index(n, device) if index == "auto" else index,

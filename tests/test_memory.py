@@ -174,3 +174,13 @@ def test_an_oversized_run_under_a_memory_limit_gets_the_error_not_a_kill(tmp_pat
     assert last.startswith("smcluster: error: this run needs about")
     assert "features stage" in last and "change features.batch_size" in last
     assert not (tmp_path / "run").exists()
+
+
+def test_the_stage_three_terms_use_the_batch_the_schedule_trains_with() -> None:
+    def head_batch(config: Config) -> int:
+        terms = image_model_terms(config.updated({"n_clusters": 2000}), 5000, 3, 32)
+        return next(t.nbytes for t in terms if t.name.startswith("head training batch"))
+
+    scan = _config().updated({"clustering": {"batch_size": 512}})
+    best = scan.updated({"clustering": {"batch_per_cluster": 2.0}})  # a batch of 4,000
+    assert head_batch(best) > 7 * head_batch(scan)
