@@ -24,7 +24,15 @@ from typing import Any
 import yaml
 
 from smcluster.autoconfig import AUTO
-from smcluster.config import METHODS, PRESETS, MiningMethod, load_yaml, nested_settings, preset
+from smcluster.config import (
+    METHODS,
+    PRESETS,
+    KCriterion,
+    MiningMethod,
+    load_yaml,
+    nested_settings,
+    preset,
+)
 
 SETTINGS_ORDER = (
     "Settings apply in this order, later ones winning: the defaults, then --method, then "
@@ -55,6 +63,7 @@ def fit_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "mining.method": args.mining,
         "mining.q": args.neighbours,
         "clustering.epochs": args.cluster_epochs,
+        "clustering.k_criterion": args.k_criterion,
         "clustering.update_backbone": args.update_backbone,
         "clustering.self_label": args.self_label,
         "run.seed": args.seed,
@@ -235,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_clusters,
         help="number of clusters C, or choose it without labels: auto (from 2 to "
         "min(N/5, 2000)) or a range LO:HI",
+    )
+    fit.add_argument(
+        "--k-criterion",
+        choices=typing.get_args(KCriterion),
+        help="what chooses the number of clusters with --clusters auto or LO:HI (default "
+        "scan-nmi; kmeans-coding found it on strong features, see benchmarks/README.md)",
     )
     fit.add_argument("--out", type=Path, help="run folder (default runs/<data>-<time>)")
     fit.add_argument(

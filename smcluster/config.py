@@ -36,6 +36,23 @@ MiningMethod = Literal["three-view", "knn", "fused"]
 NeighbourWeighting = Literal["none", "fused"]
 HeadSelection = Literal["loss", "agreement", "confidence", "consensus"]
 MethodName = Literal["paper", "scan", "best"]
+KCriterion = Literal[
+    "scan-mapeq",
+    "kmeans-mapeq",
+    "scan-nmi",
+    "scan-kappa",
+    "kmeans-nmi",
+    "kmeans-kappa",
+    "kmeans-silhouette",
+    "kmeans-probe",
+    "kmeans-probe-ari",
+    "kmeans-coding",
+    "kmeans-coding-d0.1",
+    "kmeans-coding-d0.5",
+    "kmeans-coding-32d",
+    "kmeans-coding-eps0.5",
+    "kmeans-gap",
+]
 Agreement = Literal["dot", "argmax"]
 SearchBackend = Literal["auto", "faiss", "torch"]
 SearchIndex = Literal["auto", "exact", "ivf", "hnsw"]
@@ -162,6 +179,8 @@ class ClusteringConfig:
     and at least that many optimizer steps; ``epochs`` and ``batch_size`` are then the
     configured length and the smallest batch. 0 (both) trains exactly ``epochs`` at
     ``batch_size``, as SCAN and METHOD.md do.
+    ``k_criterion``: what chooses the number of clusters when ``n_clusters`` is a range
+    (``stages.choose_k.CRITERIA``; benchmarks/README.md measures each).
     """
 
     entropy_weight: float = 5.0
@@ -182,6 +201,7 @@ class ClusteringConfig:
     score_sample: int | None = None
     batch_per_cluster: float = 0.0
     min_steps: int = 0
+    k_criterion: KCriterion = "scan-nmi"
 
 
 @dataclass

@@ -409,6 +409,7 @@ def _stage_choose_k(run: RunContext, stage_one: StageOne) -> tuple[RunContext, n
             candidate_grid(lo, hi),
             config.clustering,
             seed=config.run.seed,
+            criterion=config.clustering.k_criterion,
             device=run.fabric.device,
         )
         saved = {"request": config.n_clusters, "range": [lo, hi], **search.to_dict()}

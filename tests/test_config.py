@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smcluster import config as config_module
-from smcluster.config import PRESETS, Config, cluster_range, nested_settings, preset
+from smcluster.config import (
+    PRESETS,
+    ClusteringConfig,
+    Config,
+    cluster_range,
+    nested_settings,
+    preset,
+)
+from smcluster.stages.choose_k import CRITERIA, DEFAULT_CRITERION
 from smcluster.stages.clustering import HEAD_SELECTION
 from smcluster.stages.features import FEATURE_MODELS, MINING_FEATURES
 from smcluster.stages.mining import BACKEND_CHOICES, MINING_METHODS, NEIGHBOUR_WEIGHTS
@@ -295,6 +303,7 @@ def test_fuzz_config_files(clean_outcome, text: str) -> None:
         (config_module.NeighbourWeighting, NEIGHBOUR_WEIGHTS),
         (config_module.HeadSelection, HEAD_SELECTION),
         (config_module.MethodName, config_module.METHODS),
+        (config_module.KCriterion, CRITERIA),
         (config_module.Agreement, SCORERS),
         (config_module.SearchBackend, BACKEND_CHOICES),
         (config_module.SearchIndex, {"auto", *INDEXES}),
@@ -337,3 +346,9 @@ def test_fusion_weights_round_trip_and_must_not_all_be_zero(tmp_path) -> None:
     assert Config.load(tmp_path / "c.yaml").mining.fusion_weights == (2.0, 1.0, 0.0)
     with pytest.raises(ValueError, match="mining.fusion_weights must be three weights >= 0"):
         Config().updated({"mining": {"fusion_weights": [0, 0, 0]}}).validate()
+
+
+def test_the_k_criterion_setting_defaults_to_the_search_default() -> None:
+    assert ClusteringConfig().k_criterion == DEFAULT_CRITERION
+    with pytest.raises(ValueError, match="clustering.k_criterion must be one of"):
+        Config.from_dict({"clustering": {"k_criterion": "elbow"}})

@@ -74,6 +74,21 @@ def test_a_range_through_the_command_line(tmp_path, capsys) -> None:
     assert "choosing K" in printed.out  # the time line
 
 
+def test_the_command_line_chooses_the_criterion(tmp_path, capsys) -> None:
+    vectors, labels = planted(seed=3)
+    path = tmp_path / "features.npz"
+    np.savez(path, embeddings=vectors, labels=labels)
+    out = tmp_path / "run"
+    args = ["fit", "--embeddings", str(path), "--clusters", "2:32", "--out", str(out)]
+    args += ["--k-criterion", "kmeans-coding", "--quiet", "--no-report", "--threads", "1"]
+    assert main([*args, "--cluster-epochs", "15"]) == 0
+    chosen = Config.load(out / "config.yaml").n_clusters
+    assert close_to_true(chosen), chosen
+    search = RunFolder(out).load_json("k_search")
+    assert search["criterion"] == "kmeans-coding" and "kmeans-coding" in search["scores"]
+    assert "chosen by kmeans-coding among" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("clusters", "message"),
     [
