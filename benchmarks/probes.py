@@ -308,11 +308,9 @@ def write_results(stem: Path, command: str, results: list[dict[str, Any]], rende
     """``stem``.json (the command and the results) and ``stem``.md (``render(results,
     command)``), also printed."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(
-        json.dumps({"command": command, "results": results}, indent=1)
-    )
+    Path(f"{stem}.json").write_text(json.dumps({"command": command, "results": results}, indent=1))
     text = render(results, command)
-    stem.with_suffix(".md").write_text(text)
+    Path(f"{stem}.md").write_text(text)
     print(text)
 
 

@@ -493,7 +493,7 @@ def run_suite(opts: argparse.Namespace) -> Path:
     results_dir = Path(opts.results or RESULTS)
     results_dir.mkdir(parents=True, exist_ok=True)
     stem = results_dir / f"{suite.name}-{opts.tag or date}"
-    json_path = stem.with_suffix(".json")
+    json_path = Path(f"{stem}.json")  # not with_suffix: a tag may hold a dot
     command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in opts.argv)
     doc: dict[str, Any] = {"suite": suite.name, "date": date, "runs": []}
     if opts.resume and json_path.exists():
@@ -626,13 +626,13 @@ def write_results(doc: dict[str, Any], stem: Path, many: dict[str, bool]) -> Non
         {k: (list(v) if isinstance(v, tuple) else v) for k, v in row.items()}
         for row in aggregate(doc["runs"])
     ]
-    tmp = stem.with_suffix(".json.tmp")
+    tmp = Path(f"{stem}.json.tmp")
     tmp.write_text(json.dumps(doc, indent=1, default=_json_default))
-    tmp.replace(stem.with_suffix(".json"))
+    tmp.replace(Path(f"{stem}.json"))
     md = render_markdown(doc, many)
-    tmp = stem.with_suffix(".md.tmp")
+    tmp = Path(f"{stem}.md.tmp")
     tmp.write_text(md)
-    tmp.replace(stem.with_suffix(".md"))
+    tmp.replace(Path(f"{stem}.md"))
 
 
 def _json_default(o: Any) -> Any:
@@ -871,7 +871,7 @@ def main(argv: list[str] | None = None) -> None:
     opts = build_parser().parse_args(argv)
     opts.argv = argv
     path = run_suite(opts)
-    print(f"results: {path} and {path.with_suffix('.md')}")
+    print(f"results: {path} and {path.parent / (path.stem + '.md')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

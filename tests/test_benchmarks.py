@@ -138,6 +138,11 @@ def test_markdown_report_names_command_machine_and_failures(tmp_path: Path) -> N
     assert "- stage 1 reused from an earlier run" in md
     saved = json.loads((tmp_path / "cpu-x.json").read_text())
     assert saved["summary"][0]["acc"] == [0.6, 0.0]
+    quality.write_results(doc, tmp_path / "cpu-momentum-0.99", {"omni": True})  # a dotted tag
+    assert {p.name for p in tmp_path.glob("cpu-momentum-*")} == {
+        "cpu-momentum-0.99.json",
+        "cpu-momentum-0.99.md",
+    }
 
 
 def test_suites_match_the_issue() -> None:
