@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import shlex
 import sys
@@ -32,6 +33,11 @@ import quality  # noqa: E402
 from probes import RESULTS, write_results  # noqa: E402
 
 MODELS = {"c": "SimCLR", "d": "paper", "f": "paper"}
+
+
+def portable(path: Path) -> Path:
+    """``path`` relative to the repository when inside it (what the results record)."""
+    return path.relative_to(quality.REPO) if path.is_relative_to(quality.REPO) else path
 
 
 def steps_of(run: Path) -> int:
@@ -103,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", required=True)
     args = p.parse_args(argv)
     name = args.tag + (f"-{args.label}" if args.label else "")
-    raw = Path(args.results) / "stage1-budget"
+    results, work_root = Path(args.results).resolve(), Path(args.work).resolve()
+    os.chdir(quality.REPO)  # the paths quality.py records are then the repository's own
+    raw = portable(results / "stage1-budget")
     rows: list[dict[str, Any]] = []
     for epochs in args.epochs:
-        work = Path(args.work) / f"{name}-e{epochs}"
+        work = portable(work_root / f"{name}-e{epochs}")
         tag = f"stage1-budget-{name}-e{epochs}"
         cmd = ["--suite", "cpu", "--dataset", args.dataset, "--variants", *args.variants]
         cmd += ["--epochs", str(epochs), "--seeds", "0", "--threads", str(args.threads)]
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = json.loads((raw / f"cpu-{tag}.json").read_text())
         rows += curve_rows(doc, work, epochs)
     command = "python benchmarks/stage1_budget.py " + " ".join(shlex.quote(a) for a in argv)
-    write_results(Path(args.results) / f"stage1-budget-{name}", command, rows, markdown)
+    write_results(results / f"stage1-budget-{name}", command, rows, markdown)
     return 0
 
 
