@@ -98,7 +98,9 @@ def first_run(name: str, k: int, args: argparse.Namespace) -> dict[str, Any]:
     record: dict[str, Any] = {
         "set": name,
         "clusters": k,
-        "command": " ".join(["smcluster", *cmd[1:]]).replace(str(path), f"{name}.npz"),
+        "command": " ".join(["smcluster", *cmd[1:]])
+        .replace(str(path), f"{name}.npz")
+        .replace(str(out), f"runs/{name}"),
         "exit_code": code,
         "wall_seconds": wall,
         "peak_rss_mb": peak,
