@@ -215,15 +215,24 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def markdown(results: list[dict[str, Any]], command: str) -> str:
-    lines = [
-        f"# Probes (stages 2 and 3 on stored stage 1), {dt.date.today():%Y-%m-%d}",
+def report_head(title: str, command: str, run_note: str | None = None) -> list[str]:
+    """The first lines of a benchmark's Markdown: title and date, command, machine;
+    ``run_note`` (default: this process's torch threads) ends the machine line."""
+    note = run_note if run_note is not None else f"torch threads {torch.get_num_threads()}"
+    return [
+        f"# {title}, {dt.date.today():%Y-%m-%d}",
         "",
         f"Command: `{command}`",
         "",
         f"Machine: {platform.machine()}, Python {platform.python_version()}, torch "
-        f"{torch.__version__}, torch threads {torch.get_num_threads()}.",
+        f"{torch.__version__}, {note}.",
         "",
+    ]
+
+
+def markdown(results: list[dict[str, Any]], command: str) -> str:
+    lines = [
+        *report_head("Probes (stages 2 and 3 on stored stage 1)", command),
         "Scores in %. Stage 3: the run's heads, epochs and settings on stored weak-view "
         "features (frozen backbone); ACC of the head each label-free criterion keeps, and of "
         "the best and worst head (labels only score).",

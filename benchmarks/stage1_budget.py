@@ -17,10 +17,8 @@ to ``benchmarks/results/stage1-budget-<tag>[-<label>].json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -30,7 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
-from probes import RESULTS, write_results  # noqa: E402
+from probes import RESULTS, report_head, write_results  # noqa: E402
 
 MODELS = {"c": "SimCLR", "d": "paper", "f": "paper"}
 
@@ -43,7 +41,7 @@ def portable(path: Path) -> Path:
 def steps_of(run: Path) -> int:
     """Stage-1 optimizer steps of a finished run: epochs x (images // batch)."""
     config = yaml.safe_load((run / "config.yaml").read_text())
-    images = sum(1 for _ in (run / "assignments.csv").open()) - 1
+    images = json.loads((run / "metrics.json").read_text())["n_images"]
     features = config["features"]
     return int(features["epochs"]) * max(images // int(features["batch_size"]), 1)
 
@@ -75,13 +73,11 @@ def curve_rows(doc: dict[str, Any], work: Path, epochs: int) -> list[dict[str, A
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     pct = "{:.1f}".format
     lines = [
-        f"# Stage-1 budget curve, {dt.date.today():%Y-%m-%d}",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {platform.machine()}, Python {platform.python_version()}; one seed, each "
-        "budget a separate run with its whole schedule.",
-        "",
+        *report_head(
+            "Stage-1 budget curve",
+            command,
+            "one seed, each budget a separate run with its whole schedule",
+        ),
         "| data set | model | variant | stage-1 epochs | steps | kNN accuracy | ACC | NMI | "
         "stage-1 s |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -34,7 +33,14 @@ from smcluster.config import Config
 from smcluster.stages.neighbours import mine_knn, neighbour_purity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probes import CRITERIA, RESULTS, open_run, stage_three, write_results  # noqa: E402
+from probes import (  # noqa: E402
+    CRITERIA,
+    RESULTS,
+    open_run,
+    report_head,
+    stage_three,
+    write_results,
+)
 
 REUSE_K = 30  # neighbours per image whose overlap re-ranks the pool
 
@@ -129,13 +135,7 @@ def sweep_run(folder: Path, trials: list[dict[str, Any]], args: argparse.Namespa
 def markdown(results: list[dict[str, Any]], command: str) -> str:
     pct = "{:.1f}".format
     lines = [
-        f"# Stage-3 sweep on stored stage 1, {dt.date.today():%Y-%m-%d}",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {platform.machine()}, Python {platform.python_version()}, torch "
-        f"{torch.__version__}, torch threads {torch.get_num_threads()}.",
-        "",
+        *report_head("Stage-3 sweep on stored stage 1", command),
         "ACC in % of the head each criterion keeps; a trial changes the run's settings "
         "(`{}`: the run's own).",
         "",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,13 +60,19 @@ def test_auto_chooses_the_planted_number_through_the_api(tmp_path) -> None:
     assert model.metrics_.get("acc_many_to_one", model.metrics_["acc"]) >= 0.75
 
 
-def test_a_range_through_the_command_line(tmp_path, capsys) -> None:
-    vectors, labels = planted(seed=1)
+def fit_range_from_the_command_line(tmp_path, seed: int, *flags: str) -> Path:
+    """``smcluster fit`` on saved planted embeddings over 2:32, quiet; the run folder."""
+    vectors, labels = planted(seed=seed)
     path = tmp_path / "features.npz"
     np.savez(path, embeddings=vectors, labels=labels)
     out = tmp_path / "run"
-    args = ["fit", "--embeddings", str(path), "--clusters", "2:32", "--out", str(out)]
+    args = ["fit", "--embeddings", str(path), "--clusters", "2:32", "--out", str(out), *flags]
     assert main([*args, "--quiet", "--no-report", "--cluster-epochs", "15", "--threads", "1"]) == 0
+    return out
+
+
+def test_a_range_through_the_command_line(tmp_path, capsys) -> None:
+    out = fit_range_from_the_command_line(tmp_path, 1)
     printed = capsys.readouterr()
     chosen = Config.load(out / "config.yaml").n_clusters
     assert isinstance(chosen, int) and close_to_true(chosen), chosen
@@ -75,13 +82,7 @@ def test_a_range_through_the_command_line(tmp_path, capsys) -> None:
 
 
 def test_the_command_line_chooses_the_criterion(tmp_path, capsys) -> None:
-    vectors, labels = planted(seed=3)
-    path = tmp_path / "features.npz"
-    np.savez(path, embeddings=vectors, labels=labels)
-    out = tmp_path / "run"
-    args = ["fit", "--embeddings", str(path), "--clusters", "2:32", "--out", str(out)]
-    args += ["--k-criterion", "kmeans-coding", "--quiet", "--no-report", "--threads", "1"]
-    assert main([*args, "--cluster-epochs", "15"]) == 0
+    out = fit_range_from_the_command_line(tmp_path, 3, "--k-criterion", "kmeans-coding")
     chosen = Config.load(out / "config.yaml").n_clusters
     assert close_to_true(chosen), chosen
     search = RunFolder(out).load_json("k_search")
