@@ -17,7 +17,10 @@ Features (``--features``):
 - ``--features-from RUN...`` (alias ``--run``): an existing run's stage-1 embeddings and
   its plain-kNN neighbours (``--neighbours used``: its mined ones), the run need not have
   finished (``run_inputs``); labels from its ``assignments.csv`` or its data source, the
-  clustering settings from its ``config.yaml``.
+  clustering settings from its ``config.yaml``;
+- ``--embeddings FILE.npz...``: precomputed features with labels (the format of ``smcluster
+  fit --embeddings``, e.g. ``supervised_features.py``'s), plain-kNN neighbours at ``--q`` and
+  the stage 3 a run on those features would train at the true K.
 
     python benchmarks/choose_k.py --dataset mnist-10k omniglot-100 --seeds 0 1 2
     python benchmarks/choose_k.py --features-from runs/bench/cpu/mnist-10k/f-seed0 --seeds 0
@@ -48,12 +51,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from smcluster.config import ClusteringConfig, Config, cluster_range
+from smcluster.autoconfig import frozen_settings
+from smcluster.config import DEFAULT_METHOD, ClusteringConfig, Config, cluster_range, method
 from smcluster.metrics import cluster_accuracy, many_to_one_accuracy
 from smcluster.models import ClusterHeads
 from smcluster.stages.choose_k import CRITERIA, PARTITIONS, SearchInputs, choose_n_clusters
 from smcluster.stages.choose_k import candidate_grid as grid
-from smcluster.stages.clustering import train_heads_on_embeddings
+from smcluster.stages.clustering import stage3_schedule, train_heads_on_embeddings
 from smcluster.stages.neighbours import knn_search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,7 +174,9 @@ def reference_seconds(
     config: ClusteringConfig,
     epochs: int,
 ) -> float:
-    """Seconds of one fixed-K stage 3 on stored features (``epochs`` timed, then scaled)."""
+    """Seconds of one fixed-K stage 3 on stored features (``epochs`` timed, then scaled), at
+    the batch and epochs the run would train with (``stage3_schedule``)."""
+    config = stage3_schedule(config, len(embeddings), k)
     heads = ClusterHeads(embeddings.shape[1], k, config.heads)
     started = time.perf_counter()
     train_heads_on_embeddings(
@@ -202,6 +208,23 @@ def partition_scores(
         "acc_many_to_one": many_to_one_accuracy(labels, best),
         "nmi": float(normalized_mutual_info_score(labels, best)),
     }
+
+
+def embeddings_inputs(
+    path: Path, q: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, ClusteringConfig]:
+    """A labelled embeddings file's vectors, their plain kNN at ``q``, labels and the stage-3
+    settings of ``smcluster fit --embeddings FILE --clusters K`` at the true K (the default
+    method's, sized by ``autoconfig.frozen_settings``)."""
+    from smcluster.data.embeddings import load_embeddings
+
+    loaded = load_embeddings(path)
+    if loaded.labels is None:
+        raise ValueError(f"{path} has no labels: the benchmark scores the estimate against them")
+    vectors = np.asarray(loaded.vectors, dtype=np.float32)
+    stage3 = frozen_settings(len(vectors), len(np.unique(loaded.labels)))["clustering"]
+    config = Config().updated(method(DEFAULT_METHOD)).updated({"clustering": stage3})
+    return vectors, knn_search(vectors, q)[0], loaded.labels, config.clustering
 
 
 def measure(
@@ -266,6 +289,7 @@ def measure(
     if args.stage3_epochs is not None:
         config = dataclasses.replace(config, epochs=args.stage3_epochs)
     reference = reference_seconds(embeddings, neighbours, true_k, config, args.reference_epochs)
+    scheduled = stage3_schedule(config, len(labels), true_k)
     return {
         "dataset": name,
         "seed": seed,
@@ -278,7 +302,8 @@ def measure(
         "search_seconds": search.seconds,
         "alone_seconds": alone,
         "reference_stage3_seconds": reference,
-        "reference": f"{config.heads} heads x {config.epochs} epochs at K = {true_k}",
+        "reference": f"{config.heads} heads x {scheduled.epochs} epochs at batch "
+        f"{scheduled.batch_size}, K = {true_k}",
     }
 
 
@@ -333,6 +358,14 @@ def main(argv: list[str] | None = None) -> None:
         default="knn",
         help="with --features-from: plain kNN (what --clusters auto uses) or the run's mined",
     )
+    parser.add_argument(
+        "--embeddings",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="labelled embeddings files (.npz with embeddings and labels) to search on",
+    )
+    parser.add_argument("--q", type=int, default=10, help="with --embeddings: neighbours")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=list(CRITERIA))
     parser.add_argument(
@@ -349,7 +382,13 @@ def main(argv: list[str] | None = None) -> None:
         help="criteria whose search is also timed on its own (the recorded search's seconds "
         "are the cost of all --criteria at once)",
     )
-    parser.add_argument("--points", type=int, default=10, help="candidate K in the grid")
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=20,
+        help="candidate K in the grid (default 20, as --clusters auto; the tables before "
+        "2026-12-02's supervised ones used 10)",
+    )
     parser.add_argument(
         "--range",
         choices=["auto", "true"],
@@ -369,25 +408,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--peaks",
         type=int,
-        default=1,
-        help="refine around this many of each criterion's highest local maxima (default 1: "
-        "around its best K only, as the earlier tables)",
+        default=2,
+        help="refine around this many of each criterion's highest local maxima (default 2, "
+        "as --clusters auto; the earliest tables used 1)",
     )
     parser.add_argument("--reference-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shared-data", default=None)
     parser.add_argument("--tag", default=dt.date.today().isoformat())
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--merge",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="results .json files to merge into one table under --tag (nothing is searched)",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        merged = [json.loads(path.read_text()) for path in args.merge]
+        rows = [row for doc in merged for row in doc["runs"]]
+        args.threads = merged[0]["threads"]
+        args.criteria = [c for c in rows[0]["criteria"] if all(c in r["criteria"] for r in rows)]
+        write(rows, args, [doc["command"] for doc in merged])
+        return
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
-    sources: list[tuple[str, Any]] = [(name, None) for name in args.dataset] if not args.run else []
+    given = args.run or args.embeddings
+    sources: list[tuple[str, Any]] = [(name, None) for name in args.dataset] if not given else []
     if args.names and len(args.names) != len(args.run):
         parser.error("--names needs one name per --features-from folder")
     sources += [
         (name, run)
         for name, run in zip(args.names or [r.name for r in args.run], args.run, strict=True)
     ]
+    sources += [(path.stem, path) for path in args.embeddings]
     for name, run in sources:
         if run is None:
             spec = DATASETS[name]
@@ -396,6 +451,9 @@ def main(argv: list[str] | None = None) -> None:
             neighbours = knn_search(embeddings, spec.q)[0]
             config = Config().updated(_preset_clustering(spec.preset)).clustering
             features = "pixels: <= 32 px pixels, PCA to 64 dimensions (not stage-1 features)"
+        elif run.is_file():
+            embeddings, neighbours, labels, config = embeddings_inputs(run, args.q)
+            features = f"embeddings file {run.name}: plain kNN neighbours at q = {args.q}"
         else:
             embeddings, neighbours, labels, config = run_inputs(run, args.neighbours)
             kind = {"knn": "plain kNN", "used": "mined"}[args.neighbours]
@@ -414,12 +472,17 @@ def _preset_clustering(preset: str) -> dict[str, Any]:
     return {"clustering": PRESETS[preset].get("clustering", {})}
 
 
-def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def write(
+    rows: list[dict[str, Any]], args: argparse.Namespace, merged: list[str] | None = None
+) -> None:
+    """The rows as ``choose-k-<tag>.json`` and ``.md``; ``merged``: the commands of the
+    results files they were merged from."""
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / f"choose-k-{args.tag}"
     command = "python benchmarks/choose_k.py " + shlex.join(sys.argv[1:])
     meta = {
         "command": command,
+        "merged_from": merged or [],
         "date": dt.date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPU cores, {platform.platform()}",
         "threads": args.threads,
@@ -431,6 +494,7 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"# Choosing the number of clusters ({meta['date']})",
         "",
         f"Command: `{command}`  ",
+        *[f"Merged from: `{c}`  " for c in merged or []],
         f"Machine: {meta['machine']}, {args.threads} torch threads  ",
         "Features: " + "; ".join(features),
         "",

@@ -16,7 +16,9 @@ runs in its own process; its wall and CPU seconds and peak resident memory (``os
 - ``kmeans``: ``faiss.Kmeans`` (K = C, 20 iterations) on the same embeddings; ACC and NMI;
 - ``cli`` (``--stages cli``): the whole product as a user runs it, ``smcluster fit
   --embeddings FILE --clusters 1000 --out RUN`` and nothing else (auto's settings, the
-  report included); ACC and NMI from its ``assignments.csv``.
+  report included); ACC and NMI from its ``assignments.csv``;
+- ``cli-auto``: the same with ``--clusters auto``: the number of clusters chosen without
+  labels, the search's images and seconds.
 
     python benchmarks/scale_embeddings.py [--sizes 10000 100000 1000000] [--threads 2]
         [--work /tmp/smcluster-scale] [--exact-max 100000]
@@ -201,33 +203,50 @@ def child_kmeans(work: Path, n: int) -> dict[str, Any]:
     return _metrics(labels, predicted)
 
 
-def child_cli(work: Path, n: int) -> dict[str, Any]:
-    """What a user types: ``smcluster fit --embeddings FILE --clusters 1000 --out RUN`` and
-    nothing else (the report included); ACC against the planted labels afterwards."""
+def _fit_from_the_command_line(work: Path, n: int, clusters: str) -> dict[str, Any]:
+    """What a user types: ``smcluster fit --embeddings FILE --clusters CLUSTERS --out RUN``
+    and nothing else (the report included); ACC against the planted labels afterwards."""
     import csv
     import shutil
 
     from smcluster.cli import main as smcluster
 
     files = _files(work, n)
-    run = work / str(n) / "cli-run"
+    run = work / str(n) / f"cli-run-{clusters}"
     if run.exists():
         shutil.rmtree(run)
-    argv = ["fit", "--embeddings", str(files["embeddings"]), "--clusters", str(CLUSTERS)]
+    argv = ["fit", "--embeddings", str(files["embeddings"]), "--clusters", clusters]
     code = smcluster([*argv, "--out", str(run)])
     if code != 0:
         raise SystemExit(code)
     with open(run / "assignments.csv") as f:
         predicted = np.array([int(row["cluster"]) for row in csv.DictReader(f)])
     settings = json.loads((run / "environment.json").read_text()).get("auto", {})
-    timings = json.loads((run / "metrics.json").read_text()).get("timings", {})
-    return {
+    metrics = json.loads((run / "metrics.json").read_text())
+    out = {
         **_metrics(np.load(files["labels"]), predicted),
-        "settings": "smcluster fit --embeddings FILE --clusters 1000 (auto: "
+        "settings": f"smcluster fit --embeddings FILE --clusters {clusters} (auto: "
         + ", ".join(f"{k}={v}" for k, v in _flat(settings.get("overrides", {})).items())
         + ")",
-        "timings": timings,
+        "timings": metrics.get("timings", {}),
     }
+    if (run / "k-search.json").exists():
+        search = json.loads((run / "k-search.json").read_text())
+        out["k_search"] = {
+            key: search[key] for key in ("chosen", "criterion", "range", "images", "seconds")
+        }
+    return out
+
+
+def child_cli(work: Path, n: int) -> dict[str, Any]:
+    """``smcluster fit --embeddings FILE --clusters 1000``: the planted number given."""
+    return _fit_from_the_command_line(work, n, str(CLUSTERS))
+
+
+def child_cli_auto(work: Path, n: int) -> dict[str, Any]:
+    """``smcluster fit --embeddings FILE --clusters auto``: the number chosen without labels
+    (``stages.choose_k``, on a sample above its ``SEARCH_IMAGES``)."""
+    return _fit_from_the_command_line(work, n, "auto")
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -247,6 +266,7 @@ CHILDREN = {
     "heads": child_heads,
     "kmeans": child_kmeans,
     "cli": child_cli,
+    "cli-auto": child_cli_auto,
 }
 
 
@@ -301,6 +321,12 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         detail = r.get("params") or r.get("settings") or ""
         if isinstance(detail, dict):
             detail = ", ".join(f"{k}={v}" for k, v in detail.items())
+        if "k_search" in r:
+            k = r["k_search"]
+            detail = (
+                f"K = {k['chosen']} chosen by {k['criterion']} over {k['range'][0]}..."
+                f"{k['range'][1]} on {k['images']} images in {k['seconds']:.0f} s; {detail}"
+            )
         recall = f"{r['recall']:.3f}" if "recall" in r else None
         if r.get("index") == "exact":
             recall = "1 (exact)"
@@ -407,6 +433,7 @@ def main() -> None:
         rows = sorted(kept + rows, key=lambda r: r["n"])
         meta["sizes"] = sorted(set(earlier["meta"]["sizes"]) | set(args.sizes))
         meta["command"] = " and ".join(dict.fromkeys([earlier["meta"]["command"], meta["command"]]))
+        meta["note"] = " ".join(dict.fromkeys(filter(None, [earlier["meta"]["note"], args.note])))
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     stem.with_suffix(".md").write_text(render(rows, meta))
 

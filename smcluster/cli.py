@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--k-criterion",
         choices=typing.get_args(KCriterion),
         help="what chooses the number of clusters with --clusters auto or LO:HI (default "
-        "scan-nmi; kmeans-coding found it on strong features, see benchmarks/README.md)",
+        "kmeans-probe, the one that found it on the features that separate classes; see "
+        "benchmarks/README.md)",
     )
     fit.add_argument("--out", type=Path, help="run folder (default runs/<data>-<time>)")
     fit.add_argument(

@@ -201,7 +201,7 @@ class ClusteringConfig:
     score_sample: int | None = None
     batch_per_cluster: float = 0.0
     min_steps: int = 0
-    k_criterion: KCriterion = "scan-nmi"
+    k_criterion: KCriterion = "kmeans-probe"
 
 
 @dataclass

@@ -419,10 +419,17 @@ def _stage_choose_k(run: RunContext, stage_one: StageOne) -> tuple[RunContext, n
     config = config.updated({"n_clusters": chosen})
     if folder.writer:
         atomic_write(folder.path("config"), config.save)
+    notes = []
+    if saved.get("images") and saved["images"] < len(stage_one.embeddings):
+        notes.append(f" on a sample of {saved['images']} images")
+    if instance is None:
+        notes.append(" (read from k-search.json)")
+    if saved.get("reading"):
+        notes.append(f"; {saved['reading']}")
     run.say(
         f"number of clusters: {chosen}, chosen by {saved['criterion']} among "
         f"{len(saved['candidates'])} values from {lo} to {hi} in {saved['seconds']:.1f} s"
-        f"{'' if instance is not None else ' (read from k-search.json)'}"
+        + "".join(notes)
     )
     edge = {lo: "lower", hi: "upper"}.get(chosen) if lo < hi else None
     if edge is not None:

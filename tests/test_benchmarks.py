@@ -312,3 +312,22 @@ def test_stage1_budget_reads_steps_and_metrics_of_each_finished_run(tmp_path: Pa
     assert [(r["model"], r["steps"]) for r in rows] == [("SimCLR", 8 * (1000 // 256))]
     table = budget.markdown(rows, "python benchmarks/stage1_budget.py ...")
     assert "| mnist-10k | SimCLR | c | 8 | 24 | 90.0 | 80.0 | 70.0 | 12 |" in table
+
+
+def test_supervised_features_keep_the_classes_asked_for_and_train_on_others(
+    tmp_path: Path,
+) -> None:
+    supervised = _load("supervised_features")
+    images = np.zeros((12, 8, 8), np.uint8)
+    images[:, :4] = 255
+    labels = np.repeat(np.arange(6), 2)
+    np.savez(tmp_path / "set.npz", images=images, labels=labels)
+    part = supervised.Part("set.npz", first=2, stop=5, size=4, invert=True)
+    x, y = supervised.load_part(part, tmp_path)
+    assert x.shape == (6, 1, 4, 4) and y.tolist() == [0, 0, 1, 1, 2, 2]
+    assert x[:, :, :2].max() == 0.0 and x[:, :, 2:].min() == 1.0
+    for pair in supervised.PAIRS.values():
+        train = set(range(pair.train.first, pair.train.stop or 10**6))
+        for target in pair.targets.values():
+            if target.file == pair.train.file:
+                assert not train & set(range(target.first, target.stop or 10**6))

@@ -2,8 +2,8 @@
 record (``k-search.json``), the resolved configuration, resume and the edge warning.
 
 Planted Gaussian mixtures of 8 clusters given as embeddings (the fast path: no stage 1); the
-mixture overlaps a little (neighbour purity about 0.99), the regime the criterion was chosen
-in (``stages.choose_k``).
+mixture overlaps a little (neighbour purity about 0.99): features that separate the clusters,
+where the default criterion finds K (``stages.choose_k``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from smcluster.api import SMCluster
 from smcluster.cli import main
 from smcluster.config import Config
 from smcluster.runfolder import RunFolder
-from smcluster.stages.choose_k import KSearch
+from smcluster.stages.choose_k import DEFAULT_CRITERION, KSearch
 
 QUICK = {"run__report": False, "run__progress": False, "run__threads": 1}
 HEADS = {"clustering__epochs": 15, "clustering__heads": 3}
@@ -49,9 +49,10 @@ def test_auto_chooses_the_planted_number_through_the_api(tmp_path) -> None:
     assert close_to_true(chosen), chosen
     search = RunFolder(out).load_json("k_search")
     assert search["request"] == "auto" and search["range"] == [2, 1600 // 5]
-    assert search["chosen"] == chosen and search["criterion"] == "scan-nmi"
+    assert search["chosen"] == chosen and search["criterion"] == DEFAULT_CRITERION
     assert search["candidates"][0] == 2 and search["candidates"][-1] == 320
-    assert len(search["scores"]["scan-nmi"]) == len(search["candidates"])
+    assert len(search["scores"][DEFAULT_CRITERION]) == len(search["candidates"])
+    assert search["images"] == len(vectors) and "probe score" in search["reading"]
     assert Config.load(out / "config.yaml").n_clusters == chosen
     assert model.metrics_["n_clusters"] == chosen
     assert model.probabilities_.shape == (len(vectors), chosen)
@@ -76,7 +77,8 @@ def test_a_range_through_the_command_line(tmp_path, capsys) -> None:
     printed = capsys.readouterr()
     chosen = Config.load(out / "config.yaml").n_clusters
     assert isinstance(chosen, int) and close_to_true(chosen), chosen
-    assert f"number of clusters: {chosen}, chosen by scan-nmi" in printed.err
+    assert f"number of clusters: {chosen}, chosen by {DEFAULT_CRITERION}" in printed.err
+    assert "probe score" in printed.err
     assert "from 2 to 32" in printed.err
     assert "choosing K" in printed.out  # the time line
 

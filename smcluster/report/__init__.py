@@ -437,6 +437,8 @@ def _k_search_panel(data: RunData, figures: bool) -> str:
         f"score among {len(search['candidates'])} values from {lo} to {hi} "
         f"({seconds(float(search['seconds']))}; stages.choose_k)."
     )
+    if search.get("reading"):
+        text += f" How sure: {search['reading']}."
     if search["chosen"] in (lo, hi) and lo != hi:
         text += " It is an end of the range: a wider range may score higher."
     if data.labels is not None and search["chosen"] != data.n_classes:

@@ -8,12 +8,16 @@ import pytest
 from smcluster.config import ClusteringConfig
 from smcluster.stages.choose_k import (
     AGREEMENTS,
+    CLEAR_PROBE,
     CRITERIA,
     DEFAULT_CRITERION,
+    UNCLEAR_PROBE,
+    KSearch,
     SearchInputs,
     candidate_grid,
     choose_n_clusters,
     coding_score,
+    how_sure,
     map_equation,
     neighbour_kappa,
     refine_grid,
@@ -175,3 +179,24 @@ def test_coding_length_prefers_the_true_partition() -> None:
     ari = AGREEMENTS["ari"]
     assert ari(labels, labels) == pytest.approx(1.0)
     assert abs(ari(labels, np.random.default_rng(0).permutation(labels))) < 0.01
+
+
+def test_a_large_set_is_searched_on_a_sample_with_its_own_neighbours(mixtures) -> None:
+    x, neighbours, _ = mixtures[10]
+    grid = candidate_grid(4, 30, 6)
+    search = choose_n_clusters(x, neighbours, grid, ClusteringConfig(), seed=0, max_images=500)
+    assert search.images == 750  # 25 images per cluster at the largest K, 30
+    assert abs(search.chosen - 10) <= 2.5, search
+    again = choose_n_clusters(x, neighbours, grid, ClusteringConfig(), seed=0, max_images=500)
+    assert again.scores == search.scores
+    whole = choose_n_clusters(x, neighbours, grid, ClusteringConfig(), seed=0)
+    assert whole.images == len(x) and whole.scores != search.scores
+
+
+def test_how_sure_reads_the_probe_score_against_the_measured_thresholds() -> None:
+    assert how_sure("kmeans-probe", CLEAR_PROBE).startswith("clear")
+    assert how_sure("kmeans-probe", UNCLEAR_PROBE - 0.01).startswith("unclear")
+    assert how_sure("kmeans-probe", (CLEAR_PROBE + UNCLEAR_PROBE) / 2).startswith("uncertain")
+    assert how_sure("scan-nmi", 0.9) is None
+    search = KSearch([5, 10, 20], {"kmeans-probe": [0.2, 0.6, 0.3]}, "kmeans-probe", 10, 1.0)
+    assert search.to_dict()["reading"].startswith("clear (probe score 0.60")
