@@ -39,6 +39,7 @@ __all__ = [
     "choose",
     "data_shape",
     "frozen_settings",
+    "resize_for_chosen_k",
     "without",
 ]
 
@@ -166,6 +167,20 @@ def frozen_settings(n: int, n_clusters: int) -> dict[str, Any]:
             "score_sample": 1 if n > 100_000 else None,
         },
     }
+
+
+def resize_for_chosen_k(chosen: AutoChoice, n: int, n_clusters: int) -> dict[str, Any]:
+    """The stage-3 settings of ``frozen_settings`` at the number of clusters a search chose,
+    for the ones ``chosen`` set (not those the user gave).
+
+    With ``--clusters auto`` or a range, ``choose`` sizes stage 3 for the range's top before
+    K is known (``api.most_clusters``: the memory guard must hold for any K it may choose);
+    once K is chosen, the batch, heads and epochs follow it. Mining's q is kept: the
+    neighbours the search read were mined with it.
+    """
+    given = chosen.overrides.get("clustering", {})
+    fresh = frozen_settings(n, n_clusters)["clustering"]
+    return {"clustering": {key: fresh[key] for key in given if key in fresh}}
 
 
 def _stage3_line(settings: dict[str, Any], n: int, n_clusters: int) -> str:

@@ -31,7 +31,7 @@ from lightning_fabric import Fabric
 from torch import nn
 
 from smcluster.augment import ViewMaker
-from smcluster.autoconfig import AutoChoice
+from smcluster.autoconfig import AutoChoice, resize_for_chosen_k
 from smcluster.budget import fit_budget
 from smcluster.config import Config, cluster_range
 from smcluster.data import ImageSet, load_dataset
@@ -334,7 +334,9 @@ def run_pipeline(
     folder.save_progress(progress)
     views = ViewMaker(**config.to_dict()["augment"])
     clock = StageClock(folder, progress)
-    run = RunContext(config, data, embeddings, items, fabric, folder, views, say, progress, clock)
+    run = RunContext(
+        config, data, embeddings, items, fabric, folder, views, say, progress, clock, auto
+    )
 
     stage_one = FEATURE_SOURCES[source](run)
     run.clock.charge("features")
@@ -369,6 +371,7 @@ class RunContext:
     say: Callable[[str], None]
     progress: Progress
     clock: StageClock
+    auto: AutoChoice | None = None
 
     def epoch_checkpoints(self, stage: str, timed_as: str) -> EpochCheckpoints:
         return EpochCheckpoints(self.folder, stage, self.clock, timed_as)
@@ -417,6 +420,8 @@ def _stage_choose_k(run: RunContext, stage_one: StageOne) -> tuple[RunContext, n
         folder.save_json("k_search", saved)
     chosen = int(saved["chosen"])
     config = config.updated({"n_clusters": chosen})
+    resized = resize_for_chosen_k(run.auto, len(run.items), chosen) if run.auto else {}
+    config = config.updated(resized)
     if folder.writer:
         atomic_write(folder.path("config"), config.save)
     notes = []
@@ -431,6 +436,12 @@ def _stage_choose_k(run: RunContext, stage_one: StageOne) -> tuple[RunContext, n
         f"{len(saved['candidates'])} values from {lo} to {hi} in {saved['seconds']:.1f} s"
         + "".join(notes)
     )
+    if resized.get("clustering"):
+        c = config.clustering
+        run.say(
+            f"auto: stage 3 for {chosen} clusters: {c.heads} head(s) x {c.epochs} epochs, "
+            f"batch {c.batch_size} (it was sized for the range's top, {hi}, before the search)"
+        )
     edge = {lo: "lower", hi: "upper"}.get(chosen) if lo < hi else None
     if edge is not None:
         warnings.warn(

@@ -16,6 +16,7 @@ from smcluster.autoconfig import (
     Machine,
     choose,
     data_shape,
+    resize_for_chosen_k,
     without,
 )
 from smcluster.cli import main
@@ -65,6 +66,16 @@ def test_embeddings_size_the_frozen_path_from_n_and_c() -> None:
     assert small.clustering.score_sample is None
     # Nothing of stage 1 is touched: there is none.
     assert million.features == Config().features
+
+
+def test_the_chosen_number_of_clusters_resizes_only_what_auto_set() -> None:
+    top = choose(LAPTOP, DataShape(100_000, dim=384), 2000)
+    assert top.overrides["clustering"]["heads"] == 1
+    resized = resize_for_chosen_k(top, 100_000, 100)["clustering"]
+    assert (resized["heads"], resized["epochs"], resized["batch_size"]) == (10, 40, 512)
+    mine = without(top.overrides, {"clustering": {"heads": 2}})
+    kept = resize_for_chosen_k(type(top)(mine, top.reasons), 100_000, 100)["clustering"]
+    assert "heads" not in kept and kept["batch_size"] == 512
 
 
 def test_a_frozen_backbone_sizes_extraction_not_training() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from smcluster import pipeline
 from smcluster.api import SMCluster
+from smcluster.autoconfig import frozen_settings
 from smcluster.cli import main
 from smcluster.config import Config
 from smcluster.runfolder import RunFolder
@@ -53,7 +54,12 @@ def test_auto_chooses_the_planted_number_through_the_api(tmp_path) -> None:
     assert search["candidates"][0] == 2 and search["candidates"][-1] == 320
     assert len(search["scores"][DEFAULT_CRITERION]) == len(search["candidates"])
     assert search["images"] == len(vectors) and "probe score" in search["reading"]
-    assert Config.load(out / "config.yaml").n_clusters == chosen
+    saved = Config.load(out / "config.yaml")
+    assert saved.n_clusters == chosen
+    # Stage 3 was sized for the range's top (batch 2 x 320); the chosen K resizes what auto
+    # chose (the batch), never what was given (3 heads x 15 epochs).
+    assert saved.clustering.batch_size == frozen_settings(1600, chosen)["clustering"]["batch_size"]
+    assert (saved.clustering.heads, saved.clustering.epochs) == (3, 15)
     assert model.metrics_["n_clusters"] == chosen
     assert model.probabilities_.shape == (len(vectors), chosen)
     assert model.metrics_["timings"]["k_search_seconds"] > 0
