@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -103,10 +104,17 @@ PAIRS: dict[str, Pair] = {
 }
 
 
+@functools.cache
+def read_set(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A shared set's images and labels, read once per process (every part of a pair reads
+    the same file)."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["images"], data["labels"]
+
+
 def load_part(part: Part, shared: Path) -> tuple[torch.Tensor, np.ndarray]:
     """Images as float N x C x size x size in [0, 1] and labels renumbered from 0."""
-    with np.load(shared / part.file, allow_pickle=False) as data:
-        images, labels = data["images"], data["labels"]
+    images, labels = read_set(shared / part.file)
     keep = (labels >= part.first) & (labels < (part.stop if part.stop is not None else 1 << 30))
     images, labels = images[keep][: part.limit], labels[keep][: part.limit]
     x = torch.from_numpy(images).float().div_(255.0)
