@@ -174,9 +174,8 @@ def reference_seconds(
     config: ClusteringConfig,
     epochs: int,
 ) -> float:
-    """Seconds of one fixed-K stage 3 on stored features (``epochs`` timed, then scaled), at
-    the batch and epochs the run would train with (``stage3_schedule``)."""
-    config = stage3_schedule(config, len(embeddings), k)
+    """Seconds of one fixed-K stage 3 on stored features (``epochs`` timed, then scaled) at
+    ``config``'s batch and epochs: pass ``stage3_schedule``'s to time what a run trains."""
     heads = ClusterHeads(embeddings.shape[1], k, config.heads)
     started = time.perf_counter()
     train_heads_on_embeddings(
@@ -288,8 +287,8 @@ def measure(
         }
     if args.stage3_epochs is not None:
         config = dataclasses.replace(config, epochs=args.stage3_epochs)
-    reference = reference_seconds(embeddings, neighbours, true_k, config, args.reference_epochs)
     scheduled = stage3_schedule(config, len(labels), true_k)
+    reference = reference_seconds(embeddings, neighbours, true_k, scheduled, args.reference_epochs)
     return {
         "dataset": name,
         "seed": seed,
@@ -302,7 +301,7 @@ def measure(
         "search_seconds": search.seconds,
         "alone_seconds": alone,
         "reference_stage3_seconds": reference,
-        "reference": f"{config.heads} heads x {scheduled.epochs} epochs at batch "
+        "reference": f"{scheduled.heads} heads x {scheduled.epochs} epochs at batch "
         f"{scheduled.batch_size}, K = {true_k}",
     }
 
@@ -488,7 +487,7 @@ def write(
         "threads": args.threads,
         "torch": torch.__version__,
     }
-    stem.with_suffix(".json").write_text(json.dumps({**meta, "runs": rows}, indent=1) + "\n")
+    Path(f"{stem}.json").write_text(json.dumps({**meta, "runs": rows}, indent=1) + "\n")
     features = sorted({r["features"] for r in rows})
     text = [
         f"# Choosing the number of clusters ({meta['date']})",
@@ -501,7 +500,7 @@ def write(
         table(rows, args.criteria),
         "",
     ]
-    stem.with_suffix(".md").write_text("\n".join(text))
+    Path(f"{stem}.md").write_text("\n".join(text))
 
 
 if __name__ == "__main__":

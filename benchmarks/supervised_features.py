@@ -26,6 +26,7 @@ each target's kNN purity at q = 10).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.pairs:
         pair = PAIRS[name]
         if args.epochs is not None:
-            pair = Pair(pair.train, pair.targets, pair.width, args.epochs, pair.flip)
+            pair = dataclasses.replace(pair, epochs=args.epochs)
         x, y = load_part(pair.train, shared)
         print(f"{name}: training on {len(x)} images of {y.max() + 1} classes", flush=True)
         backbone, history = train_classifier(x, y, pair, args.seed, print)
